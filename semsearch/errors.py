@@ -1,0 +1,17 @@
+"""Exceptions that say what went wrong and what to do about it."""
+
+
+class SemsearchError(Exception):
+    """Base class: a message meant for the person running the command."""
+
+
+class DatabaseUnavailable(SemsearchError):
+    """The database cannot be reached."""
+
+
+class PgvectorMissing(SemsearchError):
+    """The server has no pgvector extension available."""
+
+
+class ModelUnavailable(SemsearchError):
+    """The embedding model cannot be loaded."""
