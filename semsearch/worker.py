@@ -1,0 +1,364 @@
+"""The worker: claims queued rows, reads their current text, embeds it, writes the store.
+
+Driven by the registry in the database (semsearch.indexes), so it needs only a database URL.
+Each batch is one transaction: claim (FOR UPDATE SKIP LOCKED) -> per-key advisory lock -> absorb
+duplicate queue rows -> read the source rows as they are now -> embed -> replace their chunks in
+the store -> commit. A crash rolls everything back and the queue rows reappear; the advisory lock
+means two workers never embed the same key at once, so an older text can never overwrite a newer one.
+Several lanes (threads with their own connections) share one model, so database I/O of one lane
+overlaps the model compute of another.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import namedtuple_row
+
+from .database import connect, database_url
+from .embedder import Embedder, content_hash, get_embedder
+
+log = logging.getLogger("semsearch.worker")
+
+NOTIFY_CHANNEL = "semsearch"
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """One registry row, as the worker needs it."""
+
+    id: int
+    name: str
+    schema: str
+    table: str
+    key_column: str
+    key_type: str
+    columns: tuple[str, ...]
+    model: str
+    chunk_tokens: int | None
+    chunk_overlap: int
+    store_table: str
+
+
+def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> list[IndexSpec]:
+    rows = conn.execute(
+        """SELECT i.id, i.name, n.nspname, c.relname, i.key_column, i.key_type, i.columns::text[],
+                  i.model, i.chunk_tokens, i.chunk_overlap, i.store_table
+             FROM semsearch.indexes i
+             JOIN pg_class c ON c.oid = i.source
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE %(names)s::text[] IS NULL OR i.name = ANY(%(names)s)
+            ORDER BY i.id""",
+        {"names": names},
+    ).fetchall()
+    return [IndexSpec(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6]), r[7], r[8], r[9], r[10])
+            for r in rows]
+
+
+class PermanentFailure(Exception):
+    """An item that can never succeed as it is (no text, too long): no retries."""
+
+
+@dataclass
+class Item:
+    key: str
+    attempts: int
+    first_queued_at: object
+    text: str | None = None
+    hash: bytes | None = None
+    chunks: list[str] | None = None
+
+
+class Worker:
+    """Embeds queued rows until stopped (or, with drain=True, until the queue is empty)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        indexes: list[str] | None = None,
+        batch_size: int = 64,
+        lanes: int = 2,
+        poll_interval: float = 5.0,
+        max_attempts: int = 5,
+        retry_base_seconds: float = 2.0,
+        max_chunks: int = 1000,
+        embedder_factory: Callable[[str], Embedder] = get_embedder,
+        on_progress: Callable[[int], None] | None = None,
+    ):
+        self.url = url or database_url()
+        self.index_names = indexes
+        self.batch_size = batch_size
+        self.lanes = lanes
+        self.poll_interval = poll_interval
+        self.max_attempts = max_attempts
+        self.retry_base_seconds = retry_base_seconds
+        self.max_chunks = max_chunks
+        self.embedder_factory = embedder_factory
+        self.on_progress = on_progress
+        self._stop = threading.Event()
+        self._wake = threading.Condition()
+        self._generation = 0
+        self._embedders: dict[str, Embedder] = {}
+        self._embedders_lock = threading.Lock()
+        self._errors: list[BaseException] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the batches in hand, then return from run()."""
+        self._stop.set()
+        self._notify()
+
+    def run(self, drain: bool = False) -> None:
+        threads = [threading.Thread(target=self._lane, args=(drain,), name=f"semsearch-lane-{i}", daemon=True)
+                   for i in range(self.lanes)]
+        listener = threading.Thread(target=self._listen, name="semsearch-listen", daemon=True)
+        listener.start()
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        finally:
+            self.stop()
+            listener.join(5)
+        if self._errors:
+            raise self._errors[0]
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._generation += 1
+            self._wake.notify_all()
+
+    def _sleep(self, seconds: float, seen_generation: int | None = None) -> None:
+        """Sleep until woken by NOTIFY (if seen_generation given), stop, or timeout."""
+        with self._wake:
+            self._wake.wait_for(
+                lambda: self._stop.is_set()
+                or (seen_generation is not None and self._generation != seen_generation),
+                timeout=seconds,
+            )
+
+    def _listen(self) -> None:
+        """Turn NOTIFYs from the triggers into wake-ups; polling covers any gap."""
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                with connect(self.url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    backoff = 0.5
+                    self._notify()  # anything queued while we were not listening
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._notify()
+            except Exception as exc:  # the lanes report real errors; here we only retry
+                log.warning("listener lost its connection (%s); reconnecting in %.1fs", exc, backoff)
+                self._sleep(backoff)
+                backoff = min(backoff * 2, 30)
+
+    def _lane(self, drain: bool) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                with connect(self.url) as conn:
+                    conn.row_factory = namedtuple_row
+                    from pgvector.psycopg import register_vector
+
+                    register_vector(conn)
+                    conn.commit()
+                    backoff = 0.5
+                    if self._work(conn, drain):
+                        return
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if drain and self._stop.is_set():
+                    return
+                log.warning("database connection lost (%s); reconnecting in %.1fs", str(exc).strip(), backoff)
+                self._sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, 30)
+            except BaseException as exc:
+                log.exception("worker lane failed")
+                self._errors.append(exc)
+                self.stop()
+                return
+
+    def _work(self, conn: psycopg.Connection, drain: bool) -> bool:
+        """Process batches until stopped; returns True when drained."""
+        while not self._stop.is_set():
+            seen = self._generation
+            indexes = load_indexes(conn, self.index_names)
+            conn.commit()
+            done = sum(self.process_batch(conn, ix) for ix in indexes)
+            if done:
+                continue
+            if drain:
+                if not self._pending(conn, indexes):
+                    return True
+                self._sleep(0.05)  # others' items in flight, or waiting for a retry
+            else:
+                self._sleep(self.poll_interval, seen)
+        return False
+
+    @staticmethod
+    def _pending(conn: psycopg.Connection, indexes: list[IndexSpec]) -> int:
+        n = conn.execute("SELECT count(*) FROM semsearch.queue WHERE index_id = ANY(%s)",
+                         ([ix.id for ix in indexes],)).fetchone()[0]
+        conn.commit()
+        return n
+
+    def embedder(self, model: str) -> Embedder:
+        with self._embedders_lock:
+            if model not in self._embedders:
+                self._embedders[model] = self.embedder_factory(model)
+            return self._embedders[model]
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    def process_batch(self, conn: psycopg.Connection, ix: IndexSpec) -> int:
+        """Claim and process up to batch_size queued keys; returns how many keys were settled."""
+        with conn.transaction():
+            claimed = conn.execute(
+                """SELECT key FROM semsearch.queue
+                    WHERE index_id = %s AND run_after <= now()
+                    ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
+                (ix.id, self.batch_size),
+            ).fetchall()
+            if not claimed:
+                return 0
+            # Keys another worker is embedding right now stay queued for later.
+            keys = conn.execute(
+                "SELECT k FROM unnest(%s::text[]) k WHERE pg_try_advisory_xact_lock(%s, hashtext(k)) ORDER BY k",
+                (sorted({r.key for r in claimed}), ix.id),
+            ).fetchall()
+            if not keys:
+                return 0
+            # Take every queue row for these keys (duplicates included) that no one else holds.
+            absorbed = conn.execute(
+                """DELETE FROM semsearch.queue WHERE id IN (
+                       SELECT id FROM semsearch.queue WHERE index_id = %s AND key = ANY(%s)
+                       FOR UPDATE SKIP LOCKED)
+                   RETURNING key, attempts, queued_at""",
+                (ix.id, [k.k for k in keys]),
+            ).fetchall()
+            items: dict[str, Item] = {}
+            for row in absorbed:
+                item = items.setdefault(row.key, Item(row.key, row.attempts, row.queued_at))
+                item.attempts = max(item.attempts, row.attempts)
+                item.first_queued_at = min(item.first_queued_at, row.queued_at)
+            self._settle(conn, ix, list(items.values()))
+        if self.on_progress:
+            self.on_progress(len(items))
+        return len(items)
+
+    def _settle(self, conn: psycopg.Connection, ix: IndexSpec, items: list[Item]) -> None:
+        embedder = self.embedder(ix.model)
+        texts = self._read_source(conn, ix, [i.key for i in items])
+        gone = [i.key for i in items if i.key not in texts]
+        present = [i for i in items if i.key in texts]
+        current = dict(conn.execute(
+            sql.SQL("SELECT key, content_hash FROM semsearch.{} WHERE key = ANY(%s) AND chunk = 0")
+            .format(sql.Identifier(ix.store_table)), ([i.key for i in present],)).fetchall())
+
+        to_embed: list[Item] = []
+        failed: list[tuple[Item, str, bool]] = []  # item, reason, permanent
+        for item in present:
+            item.text = texts[item.key]
+            if item.text is None or not item.text.strip():
+                failed.append((item, "nothing to embed: the indexed columns are NULL, empty or blank", True))
+                continue
+            item.hash = content_hash(embedder.name, ix.chunk_tokens, ix.chunk_overlap, item.text)
+            if current.get(item.key) == item.hash:
+                continue  # already embedded from exactly this text
+            try:
+                item.chunks = embedder.chunk(item.text, ix.chunk_tokens, ix.chunk_overlap)
+                if len(item.chunks) > self.max_chunks:
+                    raise PermanentFailure(
+                        f"text too long: {len(item.chunks)} chunks, over the worker's max_chunks "
+                        f"({self.max_chunks}); raise max_chunks (--max-chunks) to embed it")
+            except PermanentFailure as exc:
+                failed.append((item, str(exc), True))
+                continue
+            except Exception as exc:
+                failed.append((item, f"chunking failed: {exc!r}", False))
+                continue
+            to_embed.append(item)
+
+        vectors, embed_failures = self._embed(embedder, to_embed)
+        failed.extend(embed_failures)
+        embedded = [i for i in to_embed if i.key in vectors]
+
+        store = sql.Identifier(ix.store_table)
+        failed_keys = {f[0].key for f in failed}
+        # A failed item's old vectors describe text it no longer has: never serve them.
+        stale = gone + [i.key for i in embedded] + sorted(failed_keys)
+        if stale:
+            conn.execute(sql.SQL("DELETE FROM semsearch.{} WHERE key = ANY(%s)").format(store), (stale,))
+        if embedded:
+            with conn.cursor().copy(sql.SQL(
+                    "COPY semsearch.{} (key, chunk, content, embedding, model, content_hash) FROM STDIN"
+            ).format(store)) as copy:
+                for item in embedded:
+                    for n, (chunk, vector) in enumerate(zip(item.chunks, vectors[item.key])):
+                        copy.write_row((item.key, n, chunk, vector, embedder.name, item.hash))
+        settled = [i.key for i in items if i.key not in failed_keys]
+        if settled:
+            conn.execute("DELETE FROM semsearch.failures WHERE index_id = %s AND key = ANY(%s)", (ix.id, settled))
+        for item, reason, permanent in failed:
+            self._record_failure(conn, ix, item, reason, permanent)
+
+    def _read_source(self, conn: psycopg.Connection, ix: IndexSpec, keys: list[str]) -> dict[str, str | None]:
+        text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in ix.columns)
+        query = sql.SQL(
+            "SELECT {key}::text, concat_ws(E'\\n\\n', {cols}) FROM {table} WHERE {key} = ANY(%s::text[]::{type}[])"
+        ).format(key=sql.Identifier(ix.key_column), cols=text,
+                 table=sql.Identifier(ix.schema, ix.table), type=sql.SQL(ix.key_type))
+        return dict(conn.execute(query, (keys,)).fetchall())
+
+    def _embed(self, embedder: Embedder, items: list[Item]):
+        """Embed all chunks at once; on an error, split the batch to isolate the poison items."""
+        vectors: dict[str, list] = {}
+        failures: list[tuple[Item, str, bool]] = []
+        if not items:
+            return vectors, failures
+        try:
+            flat = embedder.encode([c for i in items for c in i.chunks], batch_size=self.batch_size)
+        except Exception as exc:
+            if len(items) == 1:
+                failures.append((items[0], f"embedding failed: {exc!r}", False))
+                return vectors, failures
+            mid = len(items) // 2
+            for half in (items[:mid], items[mid:]):
+                v, f = self._embed(embedder, half)
+                vectors.update(v)
+                failures.extend(f)
+            return vectors, failures
+        start = 0
+        for item in items:
+            vectors[item.key] = flat[start:start + len(item.chunks)]
+            start += len(item.chunks)
+        return vectors, failures
+
+    def _record_failure(self, conn, ix: IndexSpec, item: Item, reason: str, permanent: bool) -> None:
+        attempts = item.attempts + 1
+        if permanent or attempts >= self.max_attempts:
+            log.warning("index %s key %s failed after %d attempt(s): %s", ix.name, item.key, attempts, reason)
+            conn.execute(
+                """INSERT INTO semsearch.failures (index_id, key, error, attempts, first_queued_at)
+                   VALUES (%s, %s, %s, %s, %s)
+                   ON CONFLICT (index_id, key) DO UPDATE
+                   SET error = excluded.error, attempts = excluded.attempts, failed_at = now()""",
+                (ix.id, item.key, reason, attempts, item.first_queued_at))
+            return
+        delay = min(self.retry_base_seconds * 2 ** (attempts - 1), 3600) * random.uniform(0.5, 1.5)
+        log.info("index %s key %s failed (attempt %d), retrying in %.1fs: %s", ix.name, item.key, attempts, delay, reason)
+        conn.execute(
+            """INSERT INTO semsearch.queue (index_id, key, queued_at, run_after, attempts, last_error)
+               VALUES (%s, %s, %s, now() + make_interval(secs => %s), %s, %s)""",
+            (ix.id, item.key, item.first_queued_at, delay, attempts, reason))
