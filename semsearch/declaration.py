@@ -61,13 +61,18 @@ class IndexDefinition:
         )
 
     def drop(self, connection: Connection) -> None:
-        connection.execute(text("SELECT semsearch.drop_index(:name, true)"), {"name": self.name})
+        drop_index(connection, self.name)
 
     def qualified_table(self) -> str:
         def quote(part: str) -> str:
             return '"' + part.replace('"', '""') + '"'
 
         return f"{quote(self.schema)}.{quote(self.table)}" if self.schema else quote(self.table)
+
+
+def drop_index(connection: Connection, name: str) -> None:
+    """Drop an index's triggers, store and queued work; a missing index is not an error."""
+    connection.execute(text("SELECT semsearch.drop_index(:name, true)"), {"name": name})
 
 
 class SearchIndex:

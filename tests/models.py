@@ -1,0 +1,16 @@
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from semsearch import SearchIndex
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Article(Base):
+    __tablename__ = "articles"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str]
+    body: Mapped[str | None]
+    views: Mapped[int] = mapped_column(default=0)
+    search = SearchIndex("title", "body")

@@ -1,0 +1,84 @@
+"""DDL: what create_all, semsearch install and the Alembic operation create."""
+import subprocess
+import sys
+
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import text
+
+import semsearch.migrations  # noqa: F401  (registers op.create_search_index)
+from semsearch import install
+
+from .models import Base
+
+
+def test_create_all_creates_store_indexes_and_triggers(engine, conn):
+    Base.metadata.create_all(engine)
+    indexes = dict(conn.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'semsearch' "
+        "AND tablename = 'store_articles_search'").fetchall())
+    assert "USING hnsw (embedding vector_cosine_ops)" in indexes["store_articles_search_hnsw"]
+    assert "USING gin (tsv)" in indexes["store_articles_search_gin"]
+    triggers = {r[0] for r in conn.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'articles'::regclass AND NOT tgisinternal").fetchall()}
+    assert triggers == {f"semsearch_articles_search_{op}" for op in ("insert", "update", "delete", "truncate")}
+    row = conn.execute("SELECT key_column, key_type, columns::text[], model, dimensions, distance "
+                       "FROM semsearch.indexes WHERE name = 'articles_search'").fetchone()
+    assert row == ("id", "integer", ["title", "body"], "all-MiniLM-L6-v2", 384, "cosine")
+    # The package's own migration history lives in its own version table.
+    assert conn.execute("SELECT version_num FROM semsearch.alembic_version").fetchone() == ("0001",)
+    assert conn.execute("SELECT to_regclass('public.alembic_version')").fetchone() == (None,)
+
+
+def test_install_is_idempotent_and_create_all_can_run_twice(engine, conn):
+    install(engine)
+    Base.metadata.create_all(engine)
+    install(engine)
+    Base.metadata.create_all(engine)
+    assert conn.execute("SELECT count(*) FROM semsearch.indexes").fetchone() == (1,)
+
+
+def test_drop_all_removes_store_and_registry(engine, conn):
+    Base.metadata.create_all(engine)
+    Base.metadata.drop_all(engine)
+    assert conn.execute("SELECT count(*) FROM semsearch.indexes").fetchone() == (0,)
+    assert conn.execute("SELECT to_regclass('semsearch.store_articles_search')").fetchone() == (None,)
+
+
+def test_alembic_operation_runs_the_same_ddl(engine, conn):
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE notes (id bigint PRIMARY KEY, content text)"))
+        connection.execute(text("INSERT INTO notes VALUES (1, 'existing row')"))
+        op = Operations(MigrationContext.configure(connection))
+        op.create_search_index("notes_search", "notes", ["content"], distance="l2")
+    assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'store_notes_search_hnsw'"
+                        ).fetchone()[0].endswith("USING hnsw (embedding vector_l2_ops) WITH (m='16', ef_construction='64')")
+    # Rows already in the table are queued for embedding.
+    assert conn.execute("SELECT key FROM semsearch.queue").fetchall() == [("1",)]
+    with engine.begin() as connection:
+        Operations(MigrationContext.configure(connection)).drop_search_index("notes_search")
+    assert conn.execute("SELECT count(*) FROM semsearch.indexes").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'notes'::regclass "
+                        "AND NOT tgisinternal").fetchone() == (0,)
+
+
+def test_changing_the_model_of_an_existing_index_is_refused_with_a_hint(engine, conn):
+    Base.metadata.create_all(engine)
+    import psycopg
+    import pytest
+
+    with pytest.raises(psycopg.errors.RaiseException) as info:
+        conn.execute("SELECT semsearch.create_index('articles_search', 'articles', ARRAY['title'], 'other', 768)")
+    assert "already exists" in str(info.value)
+    assert "drop_index" in info.value.diag.message_hint
+
+
+def test_cli_install_and_help(db_url):
+    out = subprocess.run([sys.executable, "-m", "semsearch.cli", "install", "--url", db_url],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "version 0001" in out.stdout
+    for command in ("install", "worker", "status", "search", "demo", "backfill", "retry-failed"):
+        out = subprocess.run([sys.executable, "-m", "semsearch.cli", command, "--help"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "usage: semsearch" in out.stdout, command
