@@ -1,3 +1,4 @@
+from sqlalchemy import ForeignKey
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from semsearch import SearchIndex
@@ -14,3 +15,10 @@ class Article(Base):
     body: Mapped[str | None]
     views: Mapped[int] = mapped_column(default=0)
     search = SearchIndex("title", "body")
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"))
+    name: Mapped[str]

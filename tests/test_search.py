@@ -1,0 +1,135 @@
+"""Search with the real model: ORM selects and raw SQL functions."""
+import pytest
+from pgvector.psycopg import register_vector
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from semsearch.embedder import get_embedder
+
+from .helpers import drain
+from .models import Article, Base, Tag
+
+DOCS = [
+    (1, "Cats", "Small domesticated carnivores that people keep at home; they purr and chase mice."),
+    (2, "Invoice", "Vendor reference wxqzt: payment is due within thirty days of delivery."),
+    (3, "Sourdough", "Bake bread with a natural starter, flour, water and salt."),
+    (4, "Marathon", "Training plan for running 42 kilometres: long runs, tempo runs and rest days."),
+    (5, "Volcanoes", "Magma rises through the crust and erupts as lava and ash."),
+    (6, "Chess", "Openings, middlegame tactics and endgame technique for the royal game."),
+    (7, "Taxes", "How to file an income tax return and claim deductions."),
+    (8, "Gardening", "Grow tomatoes: sunlight, watering and pruning the plants."),
+    # Near-identical identifiers: embeddings blur them, keywords do not.
+    (21, "Order 48213977", "Shipped to the warehouse in Leeds."),
+    (22, "Order 48213917", "Shipped to the warehouse in Leeds, tracking number attached."),
+    (23, "Order 42813977", "Delivered to the warehouse in Leeds."),
+    (24, "Order 48231977", "Shipped to the Leeds warehouse."),
+]
+
+
+@pytest.fixture
+def corpus(engine, conn, db_url):
+    Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all([Article(id=i, title=t, body=b, views=i) for i, t, b in DOCS])
+        s.add_all([Tag(article_id=1, name="animals"), Tag(article_id=5, name="science")])
+        s.commit()
+    drain(db_url)
+    return engine
+
+
+def titles(engine, stmt):
+    with Session(engine) as s:
+        rows = s.execute(stmt).all()
+    scores = [score for _, score in rows]
+    assert scores == sorted(scores, reverse=True)
+    return [a.title for a, _ in rows]
+
+
+def test_hybrid_finds_by_meaning_without_shared_words(corpus):
+    assert titles(corpus, Article.search.hybrid("feline companion animal", limit=3))[0] == "Cats"
+    assert titles(corpus, Article.search.semantic("feline companion animal", limit=3))[0] == "Cats"
+    assert titles(corpus, Article.search.keyword("feline companion animal", limit=3)) == []
+
+
+def test_hybrid_finds_an_exact_rare_keyword_that_embeddings_miss(corpus):
+    query = "48213977"
+    assert titles(corpus, Article.search.semantic(query, limit=3))[0] != "Order 48213977"
+    assert titles(corpus, Article.search.keyword(query, limit=3)) == ["Order 48213977"]
+    assert titles(corpus, Article.search.hybrid(query, limit=3))[0] == "Order 48213977"
+
+
+def test_keyword_arm_does_not_need_every_word(corpus):
+    question = "what should I know about the lava coming out of a mountain"
+    assert titles(corpus, Article.search.keyword(question, limit=3))[0] == "Volcanoes"
+
+
+def test_queries_compose_with_where_join_offset_limit(corpus):
+    stmt = Article.search.hybrid("animals and science", limit=10).where(Article.views > 2)
+    assert "Cats" not in titles(corpus, stmt)
+    joined = Article.search.semantic("pets", limit=10).join(Tag, Tag.article_id == Article.id).where(Tag.name == "animals")
+    assert titles(corpus, joined) == ["Cats"]
+    everything = titles(corpus, Article.search.semantic("food", limit=12))
+    assert titles(corpus, Article.search.semantic("food", limit=12).offset(2).limit(3)) == everything[2:5]
+    with Session(corpus) as s:
+        assert s.execute(select(Article.search.hybrid("bread").subquery()).limit(1)).first() is not None
+
+
+def test_raw_sql_functions(corpus, conn):
+    register_vector(conn)
+    vector = get_embedder().encode(["baking bread at home"])[0]
+    rows = conn.execute("SELECT a.title, h.score, h.semantic_rank, h.keyword_rank "
+                        "FROM semsearch.hybrid_search('articles_search', 'baking bread at home', %s, 3) h "
+                        "JOIN articles a ON a.id = h.key::int ORDER BY h.score DESC", (vector,)).fetchall()
+    assert rows[0][0] == "Sourdough" and rows[0][2] == 1 and rows[0][3] == 1
+    semantic = conn.execute("SELECT key FROM semsearch.semantic_search('articles_search', %s, 2)", (vector,)).fetchall()
+    assert semantic[0] == ("3",) and len(semantic) == 2
+    keyword = conn.execute("SELECT key FROM semsearch.keyword_search('articles_search', 'bread flour', 5)").fetchall()
+    assert keyword == [("3",)]
+    with pytest.raises(Exception, match='index "nope" does not exist'):
+        conn.execute("SELECT * FROM semsearch.keyword_search('nope', 'x')")
+
+
+def test_deleted_row_disappears_from_every_search(corpus, conn, db_url):
+    register_vector(conn)
+    conn.execute("DELETE FROM articles WHERE id = 3")
+    # The ORM joins the source table: gone at once.
+    assert "Sourdough" not in titles(corpus, Article.search.hybrid("sourdough bread", limit=8))
+    drain(db_url)
+    for search in (Article.search.hybrid, Article.search.semantic, Article.search.keyword):
+        assert "Sourdough" not in titles(corpus, search("sourdough bread", limit=8))
+    vector = get_embedder().encode(["sourdough bread"])[0]
+    for sql, args in [("SELECT key FROM semsearch.hybrid_search('articles_search', %s, %s, 8)", ("sourdough bread", vector)),
+                      ("SELECT key FROM semsearch.semantic_search('articles_search', %s, 8)", (vector,)),
+                      ("SELECT key FROM semsearch.keyword_search('articles_search', %s, 8)", ("sourdough bread",))]:
+        assert ("3",) not in conn.execute(sql, args).fetchall()
+
+
+def test_long_text_is_chunked_and_found_once(engine, conn, db_url):
+    Base.metadata.create_all(engine)
+    filler = " ".join(f"Paragraph {i} talks about accounting ledgers and quarterly reports." for i in range(80))
+    body = filler + " The final section explains how glaciers carve valleys over thousands of years."
+    with Session(engine) as s:
+        s.add_all([Article(id=1, title="Long report", body=body), Article(id=2, title="Short", body="Cooking pasta.")])
+        s.commit()
+    drain(db_url)
+    chunks = conn.execute("SELECT count(*) FROM semsearch.store_articles_search WHERE key = '1'").fetchone()[0]
+    assert chunks > 3
+    found = titles(engine, Article.search.hybrid("glaciers carving valleys", limit=5))
+    assert found[0] == "Long report" and found.count("Long report") == 1
+
+
+def test_explain_shows_hnsw_and_gin(engine, conn, db_url, fake_embedder):
+    Base.metadata.create_all(engine)
+    conn.execute("INSERT INTO articles (id, title, body, views) SELECT g, 'title ' || g, 'common words', 0 "
+                 "FROM generate_series(1, 3000) g")
+    conn.execute("UPDATE articles SET body = 'unusual aardvark' WHERE id = 7")
+    drain(db_url, fake_embedder("all-MiniLM-L6-v2"), batch_size=500)
+    conn.execute("ANALYZE semsearch.store_articles_search")
+    register_vector(conn)
+    vector = fake_embedder("m").encode(["anything"])[0]
+    semantic = "\n".join(r[0] for r in conn.execute(
+        "SELECT * FROM semsearch.explain('articles_search', 'semantic', 'x', %s)", (vector,)))
+    assert "Index Scan using store_articles_search_hnsw" in semantic
+    keyword = "\n".join(r[0] for r in conn.execute(
+        "SELECT * FROM semsearch.explain('articles_search', 'keyword', 'aardvark', %s)", (vector,)))
+    assert "Bitmap Index Scan on store_articles_search_gin" in keyword
