@@ -57,7 +57,7 @@ def test_truncate_empties_store_and_queue(engine, conn, db_url, fake_embedder):
     conn.execute("INSERT INTO articles (id, title, body, views) VALUES (1, 'a', 'b', 0)")
     drain(db_url, fake_embedder("all-MiniLM-L6-v2"))
     conn.execute("INSERT INTO articles (id, title, body, views) VALUES (2, 'c', 'd', 0)")
-    conn.execute("TRUNCATE articles")
+    conn.execute("TRUNCATE articles CASCADE")
     assert queue_keys(conn) == [] and store_rows(conn) == {}
 
 
