@@ -198,20 +198,25 @@ class Worker:
             done = sum(self.process_batch(conn, ix) for ix in indexes)
             if done:
                 continue
-            if drain:
-                if not self._pending(conn, indexes):
-                    return True
-                self._sleep(0.05)  # others' items in flight, or waiting for a retry
+            pending, next_due = self._pending(conn, indexes)
+            if drain and not pending:
+                return True
+            if pending and next_due <= 0:
+                self._sleep(0.05)  # claimable work held by another lane or worker: look again soon
+            elif drain:
+                self._sleep(min(next_due, 1.0))
             else:
-                self._sleep(self.poll_interval, seen)
+                self._sleep(min(next_due, self.poll_interval) if pending else self.poll_interval, seen)
         return False
 
     @staticmethod
-    def _pending(conn: psycopg.Connection, indexes: list[IndexSpec]) -> int:
-        n = conn.execute("SELECT count(*) FROM semsearch.queue WHERE index_id = ANY(%s)",
-                         ([ix.id for ix in indexes],)).fetchone()[0]
+    def _pending(conn: psycopg.Connection, indexes: list[IndexSpec]) -> tuple[int, float]:
+        """Queue rows left, and seconds until the earliest of them may run."""
+        count, due = conn.execute(
+            "SELECT count(*), coalesce(extract(epoch FROM min(run_after) - now()), 0)::float8 "
+            "FROM semsearch.queue WHERE index_id = ANY(%s)", ([ix.id for ix in indexes],)).fetchone()
         conn.commit()
-        return n
+        return count, due
 
     def embedder(self, model: str) -> Embedder:
         with self._embedders_lock:
@@ -225,7 +230,7 @@ class Worker:
         """Claim and process up to batch_size queued keys; returns how many keys were settled."""
         with conn.transaction():
             claimed = conn.execute(
-                """SELECT key FROM semsearch.queue
+                """SELECT id, key, attempts, queued_at FROM semsearch.queue
                     WHERE index_id = %s AND run_after <= now()
                     ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
                 (ix.id, self.batch_size),
@@ -233,25 +238,20 @@ class Worker:
             if not claimed:
                 return 0
             # Keys another worker is embedding right now stay queued for later.
-            keys = conn.execute(
+            locked = {r.k for r in conn.execute(
                 "SELECT k FROM unnest(%s::text[]) k WHERE pg_try_advisory_xact_lock(%s, hashtext(k)) ORDER BY k",
                 (sorted({r.key for r in claimed}), ix.id),
-            ).fetchall()
-            if not keys:
+            )}
+            if not locked:
                 return 0
-            # Take every queue row for these keys (duplicates included) that no one else holds.
-            absorbed = conn.execute(
-                """DELETE FROM semsearch.queue WHERE id IN (
-                       SELECT id FROM semsearch.queue WHERE index_id = %s AND key = ANY(%s)
-                       FOR UPDATE SKIP LOCKED)
-                   RETURNING key, attempts, queued_at""",
-                (ix.id, [k.k for k in keys]),
-            ).fetchall()
             items: dict[str, Item] = {}
-            for row in absorbed:
-                item = items.setdefault(row.key, Item(row.key, row.attempts, row.queued_at))
-                item.attempts = max(item.attempts, row.attempts)
-                item.first_queued_at = min(item.first_queued_at, row.queued_at)
+            for row in claimed:
+                if row.key in locked:
+                    item = items.setdefault(row.key, Item(row.key, row.attempts, row.queued_at))
+                    item.attempts = max(item.attempts, row.attempts)
+                    item.first_queued_at = min(item.first_queued_at, row.queued_at)
+            conn.execute("DELETE FROM semsearch.queue WHERE id = ANY(%s)",
+                         ([r.id for r in claimed if r.key in locked],))
             self._settle(conn, ix, list(items.values()))
         if self.on_progress:
             self.on_progress(len(items))

@@ -24,8 +24,10 @@ CREATE TABLE IF NOT EXISTS semsearch.indexes (
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 
--- Work queue: one row per change event. Duplicates for a key are allowed (an INSERT never waits
--- on a worker's lock); the worker absorbs them. The text is read when processed, not when queued.
+-- Work queue: one row per changed key. Duplicates for a key are allowed (an INSERT never waits
+-- on a worker's lock); a duplicate processed later costs a hash comparison, not an embedding.
+-- The text is read when processed, not when queued. Only the primary key is indexed: every extra
+-- index is paid by the application's writes (the claim scans the primary key in order).
 CREATE TABLE IF NOT EXISTS semsearch.queue (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     index_id    integer NOT NULL REFERENCES semsearch.indexes (id) ON DELETE CASCADE,
@@ -35,8 +37,6 @@ CREATE TABLE IF NOT EXISTS semsearch.queue (
     attempts    integer NOT NULL DEFAULT 0,
     last_error  text
 );
-CREATE INDEX IF NOT EXISTS queue_claim_idx ON semsearch.queue (index_id, id);
-CREATE INDEX IF NOT EXISTS queue_key_idx ON semsearch.queue (index_id, key);
 
 -- Dead letters: items that failed max_attempts times (or can never succeed). Nothing is dropped.
 CREATE TABLE IF NOT EXISTS semsearch.failures (
