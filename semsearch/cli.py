@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", action="store_true", help="exit once the queue is empty")
     p.add_argument("--index", action="append", help="only this index (repeatable; default all)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lanes", type=int, default=2, help="concurrent batches sharing one model")
+    p.add_argument("--lanes", type=int, default=1,
+                   help="concurrent batches sharing one model: 2 overlaps a remote database's latency; "
+                        "on a machine that also runs the database, 1 is faster")
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls when no NOTIFY arrives")
     p.add_argument("--max-attempts", type=int, default=5, help="attempts before an item goes to failures")
     p.add_argument("--max-chunks", type=int, default=1000, help="longest text accepted, in chunks")

@@ -84,7 +84,7 @@ class Worker:
         *,
         indexes: list[str] | None = None,
         batch_size: int = 64,
-        lanes: int = 2,
+        lanes: int = 1,
         poll_interval: float = 5.0,
         max_attempts: int = 5,
         retry_base_seconds: float = 2.0,
@@ -125,8 +125,8 @@ class Worker:
             t.start()
         try:
             for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
+                while t.is_alive():  # short timeouts keep the main thread responsive to signals
+                    t.join(0.02)
         finally:
             self.stop()
             listener.join(5)
@@ -157,7 +157,7 @@ class Worker:
                     backoff = 0.5
                     self._notify()  # anything queued while we were not listening
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        for _ in conn.notifies(timeout=0.1, stop_after=1):
                             self._notify()
             except Exception as exc:  # the lanes report real errors; here we only retry
                 log.warning("listener lost its connection (%s); reconnecting in %.1fs", exc, backoff)
@@ -302,8 +302,9 @@ class Worker:
             conn.execute(sql.SQL("DELETE FROM semsearch.{} WHERE key = ANY(%s)").format(store), (stale,))
         if embedded:
             with conn.cursor().copy(sql.SQL(
-                    "COPY semsearch.{} (key, chunk, content, embedding, model, content_hash) FROM STDIN"
+                    "COPY semsearch.{} (key, chunk, content, embedding, model, content_hash) FROM STDIN (FORMAT BINARY)"
             ).format(store)) as copy:
+                copy.set_types(["text", "int4", "text", "vector", "text", "bytea"])
                 for item in embedded:
                     for n, (chunk, vector) in enumerate(zip(item.chunks, vectors[item.key])):
                         copy.write_row((item.key, n, chunk, vector, embedder.name, item.hash))
