@@ -19,9 +19,11 @@ from typing import Callable
 
 import psycopg
 from psycopg import sql
+from pgvector.psycopg import register_vector
 from psycopg.rows import namedtuple_row
 
 from .database import connect, database_url
+from .errors import DatabaseUnavailable
 from .embedder import Embedder, content_hash, get_embedder
 
 log = logging.getLogger("semsearch.worker")
@@ -165,29 +167,31 @@ class Worker:
                 backoff = min(backoff * 2, 30)
 
     def _lane(self, drain: bool) -> None:
-        backoff = 0.5
+        backoff, connected_once = 0.5, False
         while not self._stop.is_set():
             try:
                 with connect(self.url) as conn:
                     conn.row_factory = namedtuple_row
-                    from pgvector.psycopg import register_vector
-
                     register_vector(conn)
                     conn.commit()
-                    backoff = 0.5
+                    backoff, connected_once = 0.5, True
                     if self._work(conn, drain):
                         return
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if drain and self._stop.is_set():
+            except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
+                if not connected_once:  # a wrong URL fails fast; a lost server is waited for
+                    self._fail(exc)
                     return
                 log.warning("database connection lost (%s); reconnecting in %.1fs", str(exc).strip(), backoff)
                 self._sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 30)
             except BaseException as exc:
                 log.exception("worker lane failed")
-                self._errors.append(exc)
-                self.stop()
+                self._fail(exc)
                 return
+
+    def _fail(self, exc: BaseException) -> None:
+        self._errors.append(exc)
+        self.stop()
 
     def _work(self, conn: psycopg.Connection, drain: bool) -> bool:
         """Process batches until stopped; returns True when drained."""

