@@ -67,7 +67,8 @@ def cmd_status(args) -> None:
 
     with connect(_url(args)) as conn:
         rows = conn.execute(
-            "SELECT index_name, source_table, model, pending, failed, oldest_pending_age FROM semsearch.status"
+            "SELECT index_name, source_table, model, documents, pending, in_flight, failed, "
+            "oldest_pending_age, embedded_last_minute FROM semsearch.status"
         ).fetchall()
         failures = conn.execute(
             """SELECT i.name, f.key, f.attempts, f.error FROM semsearch.failures f
@@ -76,8 +77,9 @@ def cmd_status(args) -> None:
     if not rows:
         print("no semsearch indexes (declare a SearchIndex and run create_all, or semsearch.create_index)")
         return
-    header = ("index", "table", "model", "pending", "failed", "oldest pending")
-    table = [header] + [(r[0], r[1], r[2], str(r[3]), str(r[4]), str(r[5] or "-")) for r in rows]
+    header = ("index", "table", "model", "documents", "pending", "in flight", "failed", "oldest pending",
+              "embedded/min")
+    table = [header] + [tuple(str(v if v is not None else "-") for v in r) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))

@@ -36,7 +36,7 @@ def run_sql_file(name: str) -> None:
 
 
 def install(bind: Connection | Engine | None = None) -> None:
-    """Create or upgrade the semsearch schema, then refresh every index's triggers.
+    """Create or upgrade the semsearch tables (migrations), then its functions and every index's triggers.
 
     Idempotent and safe to run concurrently (serialised by an advisory lock).
     """
@@ -55,4 +55,5 @@ def install(bind: Connection | Engine | None = None) -> None:
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["connection"] = bind
     command.upgrade(config, "head")
+    bind.connection.driver_connection.execute((sql_dir() / "functions.sql").read_text())
     bind.execute(text("SELECT semsearch.install_triggers(i) FROM semsearch.indexes i"))
