@@ -57,9 +57,7 @@ def main() -> None:
             bulk("plain"), bulk("indexed")  # warm up
             bulk_ratio = statistics.median(bulk("indexed") / bulk("plain") for _ in range(ROUNDS))
             single_ratio = statistics.median(single("indexed") / single("plain") for _ in range(ROUNDS))
-            queued = conn.execute("SELECT count(*) FROM semsearch.queue").fetchone()[0]
     print(f"rows per bulk insert: {ROWS}, single inserts per round: {SINGLE}, rounds: {ROUNDS}")
-    print(f"queue rows after the last round: {queued}")
     print(f"single_insert_trigger_ratio: {single_ratio:.3f}")
     print(f"bulk_insert_trigger_ratio: {bulk_ratio:.3f}")
 

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS semsearch.indexes (
 -- index is paid by the application's writes (the claim scans the primary key in order).
 CREATE TABLE IF NOT EXISTS semsearch.queue (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    index_id    integer NOT NULL REFERENCES semsearch.indexes (id) ON DELETE CASCADE,
+    index_id    integer NOT NULL,  -- no foreign key: its check would cost every queued row; drop_index clears
     key         text NOT NULL,
     queued_at   timestamptz NOT NULL DEFAULT now(),
     run_after   timestamptz NOT NULL DEFAULT now(),

@@ -213,6 +213,7 @@ BEGIN
     END LOOP;
     EXECUTE format('DROP FUNCTION IF EXISTS semsearch.%I()', 'enqueue_' || ix.name);
     EXECUTE format('DROP TABLE IF EXISTS semsearch.%I', ix.store_table);
+    DELETE FROM semsearch.queue q WHERE q.index_id = ix.id;
     DELETE FROM semsearch.indexes i WHERE i.id = ix.id;
 END $$;
 

@@ -58,6 +58,7 @@ def test_alembic_operation_runs_the_same_ddl(engine, conn):
     with engine.begin() as connection:
         Operations(MigrationContext.configure(connection)).drop_search_index("notes_search")
     assert conn.execute("SELECT count(*) FROM semsearch.indexes").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM semsearch.queue").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'notes'::regclass "
                         "AND NOT tgisinternal").fetchone() == (0,)
 
