@@ -5,8 +5,9 @@ Each batch is one transaction: claim (FOR UPDATE SKIP LOCKED) -> per-key advisor
 duplicate queue rows -> read the source rows as they are now -> embed -> replace their chunks in
 the store -> commit. A crash rolls everything back and the queue rows reappear; the advisory lock
 means two workers never embed the same key at once, so an older text can never overwrite a newer one.
-Several lanes (threads with their own connections) share one model, so database I/O of one lane
-overlaps the model compute of another.
+Lanes (threads with their own connections) can share one model so that one lane's database I/O
+overlaps another's model compute: worth it with a remote database; on a machine that also runs
+the database they compete for the same cores, so the default is one lane.
 """
 from __future__ import annotations
 
