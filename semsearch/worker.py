@@ -196,14 +196,23 @@ class Worker:
 
     def _work(self, conn: psycopg.Connection, drain: bool) -> bool:
         """Process batches until stopped; returns True when drained."""
+        indexes = None
         while not self._stop.is_set():
             seen = self._generation
-            indexes = load_indexes(conn, self.index_names)
-            conn.commit()
-            done = sum(self.process_batch(conn, ix) for ix in indexes)
+            if indexes is None:  # (re)read the registry when idle, not on every batch
+                indexes = load_indexes(conn, self.index_names)
+                conn.commit()
+            try:
+                done = sum(self.process_batch(conn, ix) for ix in indexes)
+            except psycopg.errors.UndefinedTable as exc:  # an index was dropped meanwhile
+                log.warning("re-reading the index registry: %s", str(exc).strip())
+                indexes = None
+                self._sleep(0.5)
+                continue
             if done:
                 continue
             pending, next_due = self._pending(conn, indexes)
+            indexes = None
             if drain and not pending:
                 return True
             if pending and next_due <= 0:
