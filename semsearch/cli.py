@@ -91,6 +91,7 @@ def cmd_status(args) -> None:
 
 def cmd_search(args) -> None:
     from pgvector.psycopg import register_vector
+    from psycopg import sql
 
     from .database import connect
     from .embedder import get_embedder
@@ -110,13 +111,12 @@ def cmd_search(args) -> None:
             else:
                 rows = conn.execute("SELECT key, score FROM semsearch.hybrid_search(%s, %s, %s, %s)",
                                     (args.index, args.query, vector, args.limit)).fetchall()
-        from psycopg import sql
-
-        for rank, (key, score) in enumerate(rows, 1):
-            snippet = conn.execute(sql.SQL("SELECT content FROM semsearch.{} WHERE key = %s ORDER BY chunk LIMIT 1")
-                                   .format(sql.Identifier(store)), (key,)).fetchone()
-            text = " ".join((snippet[0] if snippet else "").split())[:100]
-            print(f"{rank:2d}. {score:.4f}  key={key}  {text}")
+        snippets = dict(conn.execute(
+            sql.SQL("SELECT DISTINCT ON (key) key, content FROM semsearch.{} WHERE key = ANY(%s) ORDER BY key, chunk")
+            .format(sql.Identifier(store)), ([key for key, _ in rows],)).fetchall())
+    for rank, (key, score) in enumerate(rows, 1):
+        text = " ".join(snippets.get(key, "").split())[:100]
+        print(f"{rank:2d}. {score:.4f}  key={key}  {text}")
 
 
 def cmd_backfill(args) -> None:

@@ -20,6 +20,13 @@ from .embedder import DEFAULT_MODEL, KNOWN_DIMENSIONS, get_embedder
 DISTANCES = ("cosine", "l2", "inner_product")
 
 
+def validate(columns: list[str], distance: str) -> None:
+    if not columns:
+        raise ValueError("SearchIndex needs at least one column name, e.g. SearchIndex('title', 'body')")
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, not {distance!r}")
+
+
 @dataclass
 class IndexDefinition:
     """What semsearch.create_index needs; shared by SearchIndex and the Alembic operation."""
@@ -38,10 +45,7 @@ class IndexDefinition:
     hnsw_ef_construction: int = 64
 
     def __post_init__(self):
-        if not self.columns:
-            raise ValueError("SearchIndex needs at least one column name, e.g. SearchIndex('title', 'body')")
-        if self.distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, not {self.distance!r}")
+        validate(self.columns, self.distance)
 
     def resolved_dimensions(self) -> int:
         if self.dimensions is None:
@@ -87,7 +91,7 @@ class SearchIndex:
         self._options = dict(model=model, dimensions=dimensions, distance=distance, ts_config=ts_config,
                              chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, hnsw_m=hnsw_m,
                              hnsw_ef_construction=hnsw_ef_construction)
-        IndexDefinition("check", "check", self.columns, **self._options)  # fail at declaration time
+        validate(self.columns, distance)  # fail at declaration time, not at create_all
         self.model_class = None
         self.attribute = None
 

@@ -229,7 +229,7 @@ BEGIN
         -- ORDER BY distance LIMIT on the bare store table: the shape that uses HNSW.
         -- Then best chunk per document.
         RETURN format('SELECT key, (%s)::float8 AS score, row_number() OVER (ORDER BY min(d))::integer AS rank '
-                      'FROM (SELECT key, embedding %s $1 AS d FROM semsearch.%I ORDER BY embedding %s $1 LIMIT $2 * 3) c '
+                      'FROM (SELECT key, embedding %s $1 AS d FROM semsearch.%I ORDER BY embedding %s $1 LIMIT semsearch.chunk_rows($2)) c '
                       'GROUP BY key ORDER BY min(d) LIMIT $2',
                       score, op, ix.store_table, op);
     ELSIF arm = 'keyword' THEN
@@ -242,12 +242,16 @@ BEGIN
     RAISE EXCEPTION 'unknown search arm "%"', arm USING HINT = 'Use semantic or keyword.';
 END $$;
 
--- HNSW returns at most ef_search rows: raise it (for this transaction) to cover the candidates.
+-- Chunk rows the semantic arm reads to find `candidates` distinct documents.
+CREATE OR REPLACE FUNCTION semsearch.chunk_rows(candidates integer)
+RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT candidates * 3 $$;
+
+-- HNSW returns at most ef_search rows: raise it (for this transaction) to cover the chunk rows read.
 CREATE OR REPLACE FUNCTION semsearch.cover_ef_search(candidates integer)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF coalesce(current_setting('hnsw.ef_search', true), '40')::integer < candidates * 3 THEN
-        PERFORM set_config('hnsw.ef_search', least(candidates * 3, 1000)::text, true);
+    IF coalesce(current_setting('hnsw.ef_search', true), '40')::integer < semsearch.chunk_rows(candidates) THEN
+        PERFORM set_config('hnsw.ef_search', least(semsearch.chunk_rows(candidates), 1000)::text, true);
     END IF;
 END $$;
 
@@ -276,7 +280,7 @@ CREATE OR REPLACE FUNCTION semsearch.hybrid_search(
 RETURNS TABLE (key text, score float8, semantic_rank integer, keyword_rank integer) LANGUAGE plpgsql AS $$
 DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
-    n  integer := greatest(coalesce(candidates, 0), match_count);
+    n  integer := greatest(coalesce(candidates, 100), match_count);  -- each arm's depth
 BEGIN
     PERFORM semsearch.cover_ef_search(n);
     RETURN QUERY EXECUTE format(
