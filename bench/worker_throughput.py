@@ -48,7 +48,7 @@ def main() -> None:
                 encode_rates.append(len(texts) / (time.perf_counter() - start))
 
                 conn.execute("TRUNCATE semsearch.store_docs_search")
-                conn.execute("SELECT semsearch.enqueue_all('docs_search')")
+                conn.execute("SELECT semsearch.request_backfill('docs_search')")
                 start = time.perf_counter()
                 Worker(url, batch_size=BATCH, embedder_factory=lambda model: embedder).run(drain=True)
                 worker_rates.append(len(texts) / (time.perf_counter() - start))

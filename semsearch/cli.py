@@ -52,7 +52,8 @@ def run_worker(worker, drain: bool, show_progress: bool) -> None:
     progress = None
     if show_progress:
         with connect(worker.url) as conn:
-            total = conn.execute("SELECT count(DISTINCT (index_id, key)) FROM semsearch.queue").fetchone()[0]
+            total = conn.execute("SELECT count(DISTINCT (q.index_id, k)) FROM semsearch.queue q, unnest(q.keys) k"
+                                 ).fetchone()[0]
         progress = Progress(total, "embedding")
         worker.on_progress = progress.advance
     try:
@@ -120,12 +121,27 @@ def cmd_search(args) -> None:
 
 
 def cmd_backfill(args) -> None:
+    from psycopg import sql
+
     from .database import connect
+    from .progress import Progress
 
     with connect(_url(args)) as conn:
-        n = conn.execute("SELECT semsearch.enqueue_all(%s, %s)", (args.index, args.where)).fetchone()[0]
+        source = conn.execute("SELECT source::text FROM semsearch.lookup_index(%s)", (args.index,)).fetchone()[0]
+        conn.execute("SELECT semsearch.request_backfill(%s, %s)", (args.index, args.where))
         conn.commit()
-    print(f"queued {n} row(s) of index {args.index}; the worker embeds those whose text changed")
+        total = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+            sql.SQL(source), sql.SQL(args.where or "true"))).fetchone()[0]
+        conn.commit()
+        progress = Progress(total, f"queueing {source}")
+        queued = 0
+        while (step := conn.execute("SELECT semsearch.backfill_step(%s, %s)", (args.index, args.step)).fetchone()[0]):
+            conn.commit()  # a short transaction per step: no long locks
+            queued += step
+            progress.advance(step)
+        conn.commit()
+        progress.close()
+    print(f"queued {queued} row(s) of index {args.index}; the worker embeds those whose text changed")
 
 
 def cmd_retry_failed(args) -> None:
@@ -137,8 +153,11 @@ def cmd_retry_failed(args) -> None:
                    DELETE FROM semsearch.failures f USING semsearch.indexes i
                     WHERE i.id = f.index_id AND (%(index)s::text IS NULL OR i.name = %(index)s)
                    RETURNING f.index_id, f.key, f.first_queued_at)
-               INSERT INTO semsearch.queue (index_id, key, queued_at) SELECT index_id, key, first_queued_at FROM moved""",
-            {"index": args.index}).rowcount
+               INSERT INTO semsearch.queue (index_id, keys, queued_at)
+               SELECT index_id, array_agg(key), min(first_queued_at) FROM moved GROUP BY index_id
+               RETURNING cardinality(keys)""",
+            {"index": args.index}).fetchall()
+        n = sum(r[0] for r in n)
         conn.execute("SELECT pg_notify('semsearch', 'retry')")
         conn.commit()
     print(f"requeued {n} failed item(s)")
@@ -187,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("backfill", cmd_backfill, "(re-)queue an index's rows, all or those matching --where")
     p.add_argument("index")
     p.add_argument("--where", help="SQL condition on the source table, e.g. \"id > 1000\"")
+    p.add_argument("--step", type=int, default=1000, help="rows queued per transaction")
 
     p = add("retry-failed", cmd_retry_failed, "move failed items back to the queue")
     p.add_argument("--index", help="only this index")

@@ -202,6 +202,7 @@ class Worker:
             if indexes is None:  # (re)read the registry when idle, not on every batch
                 indexes = load_indexes(conn, self.index_names)
                 conn.commit()
+                self._backfill(conn, indexes)
             try:
                 done = sum(self.process_batch(conn, ix) for ix in indexes)
             except psycopg.errors.UndefinedTable as exc:  # an index was dropped meanwhile
@@ -223,12 +224,25 @@ class Worker:
                 self._sleep(min(next_due, self.poll_interval) if pending else self.poll_interval, seen)
         return False
 
+    def _backfill(self, conn: psycopg.Connection, indexes: list[IndexSpec]) -> None:
+        """Queue the rows of requested backfills, a short transaction per step."""
+        for ix in indexes:
+            while not self._stop.is_set():
+                queued = conn.execute("SELECT semsearch.backfill_step(%s)", (ix.name,)).fetchone()[0]
+                conn.commit()
+                if not queued:
+                    break
+                log.info("backfill of %s: queued %d more rows", ix.name, queued)
+
     @staticmethod
     def _pending(conn: psycopg.Connection, indexes: list[IndexSpec]) -> tuple[int, float]:
-        """Queue rows left, and seconds until the earliest of them may run."""
+        """Work left (queue rows and requested backfills), and seconds until the earliest may run."""
+        ids = [ix.id for ix in indexes]
         count, due = conn.execute(
-            "SELECT count(*), coalesce(extract(epoch FROM min(run_after) - now()), 0)::float8 "
-            "FROM semsearch.queue WHERE index_id = ANY(%s)", ([ix.id for ix in indexes],)).fetchone()
+            """SELECT (SELECT count(*) FROM semsearch.queue WHERE index_id = ANY(%(ids)s))
+                    + (SELECT count(*) FROM semsearch.indexes WHERE id = ANY(%(ids)s) AND backfill_pending),
+                      coalesce((SELECT extract(epoch FROM min(run_after) - now()) FROM semsearch.queue
+                                 WHERE index_id = ANY(%(ids)s)), 0)::float8""", {"ids": ids}).fetchone()
         conn.commit()
         return count, due
 
@@ -244,29 +258,52 @@ class Worker:
         """Claim and process up to batch_size queued keys; returns how many keys were settled."""
         with conn.transaction():
             claimed = conn.execute(
-                """SELECT id, key, attempts, queued_at FROM semsearch.queue
+                """SELECT id, keys, attempts, queued_at FROM semsearch.queue
                     WHERE index_id = %s AND run_after <= now()
                     ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
                 (ix.id, self.batch_size),
             ).fetchall()
             if not claimed:
                 return 0
-            # Keys another worker is embedding right now stay queued for later.
-            locked = {r.k for r in conn.execute(
-                "SELECT k FROM unnest(%s::text[]) k WHERE pg_try_advisory_xact_lock(%s, hashtext(k)) ORDER BY k",
-                (sorted({r.key for r in claimed}), ix.id),
-            )}
-            if not locked:
-                return 0
-            items: dict[str, Item] = {}
-            for row in claimed:
-                if row.key in locked:
-                    item = items.setdefault(row.key, Item(row.key, row.attempts, row.queued_at))
-                    item.attempts = max(item.attempts, row.attempts)
-                    item.first_queued_at = min(item.first_queued_at, row.queued_at)
-            conn.execute("DELETE FROM semsearch.queue WHERE id = ANY(%s)",
-                         ([r.id for r in claimed if r.key in locked],))
-            self._settle(conn, ix, list(items.values()))
+            if len(claimed[0].keys) > self.batch_size:
+                # A bulk statement's row: split it into batch-sized rows and commit at once,
+                # so every worker can take a share.
+                conn.execute(
+                    """WITH big AS (DELETE FROM semsearch.queue WHERE id = %(id)s RETURNING *)
+                       INSERT INTO semsearch.queue (index_id, keys, queued_at, run_after, attempts, last_error)
+                       SELECT index_id, keys[i:i + %(n)s - 1], queued_at, run_after, attempts, last_error
+                         FROM big, generate_series(1, cardinality(keys), %(n)s) i ORDER BY i""",
+                    {"id": claimed[0].id, "n": self.batch_size})
+                split = True
+            else:
+                split = False
+                taken, total = [], 0
+                for row in claimed:
+                    if taken and total + len(row.keys) > self.batch_size:
+                        break
+                    taken.append(row)
+                    total += len(row.keys)
+                # Keys another worker is embedding right now stay queued for later.
+                locked = {r.k for r in conn.execute(
+                    "SELECT k FROM unnest(%s::text[]) k WHERE pg_try_advisory_xact_lock(%s, hashtext(k)) ORDER BY k",
+                    (sorted({k for row in taken for k in row.keys}), ix.id),
+                )}
+                if not locked:
+                    return 0
+                items: dict[str, Item] = {}
+                for row in taken:
+                    for key in row.keys:
+                        if key in locked:
+                            item = items.setdefault(key, Item(key, row.attempts, row.queued_at))
+                            item.attempts = max(item.attempts, row.attempts)
+                            item.first_queued_at = min(item.first_queued_at, row.queued_at)
+                # A row with a key held elsewhere stays queued whole: its other keys come round
+                # again later and cost only a hash comparison.
+                conn.execute("DELETE FROM semsearch.queue WHERE id = ANY(%s)",
+                             ([row.id for row in taken if locked.issuperset(row.keys)],))
+                self._settle(conn, ix, list(items.values()))
+        if split:
+            return self.process_batch(conn, ix)
         if self.on_progress:
             self.on_progress(len(items))
         return len(items)
@@ -374,6 +411,6 @@ class Worker:
         delay = min(self.retry_base_seconds * 2 ** (attempts - 1), 3600) * random.uniform(0.5, 1.5)
         log.info("index %s key %s failed (attempt %d), retrying in %.1fs: %s", ix.name, item.key, attempts, delay, reason)
         conn.execute(
-            """INSERT INTO semsearch.queue (index_id, key, queued_at, run_after, attempts, last_error)
-               VALUES (%s, %s, %s, now() + make_interval(secs => %s), %s, %s)""",
+            """INSERT INTO semsearch.queue (index_id, keys, queued_at, run_after, attempts, last_error)
+               VALUES (%s, ARRAY[%s], %s, now() + make_interval(secs => %s), %s, %s)""",
             (ix.id, item.key, item.first_queued_at, delay, attempts, reason))

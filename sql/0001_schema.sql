@@ -21,17 +21,23 @@ CREATE TABLE IF NOT EXISTS semsearch.indexes (
     chunk_tokens    integer CHECK (chunk_tokens > 0),
     chunk_overlap   integer NOT NULL DEFAULT 0 CHECK (chunk_overlap >= 0),
     store_table     name NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now()
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    -- Backfill of rows that existed before the triggers: done in short steps (semsearch.backfill_step),
+    -- in key order, resuming after backfill_after.
+    backfill_pending boolean NOT NULL DEFAULT false,
+    backfill_after  text,
+    backfill_filter text
 );
 
--- Work queue: one row per changed key. Duplicates for a key are allowed (an INSERT never waits
--- on a worker's lock); a duplicate processed later costs a hash comparison, not an embedding.
--- The text is read when processed, not when queued. Only the primary key is indexed: every extra
--- index is paid by the application's writes (the claim scans the primary key in order).
+-- Work queue: one row per statement that changed indexed text, holding the changed keys, so a
+-- bulk statement costs the application one small INSERT. The worker splits big rows into batches.
+-- A key may be queued more than once (an INSERT never waits on a worker's lock); a repeat costs
+-- the worker a hash comparison, not an embedding. The text is read when processed, not when queued.
+-- Only the primary key is indexed, and there is no foreign key: both would be paid by every write.
 CREATE TABLE IF NOT EXISTS semsearch.queue (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    index_id    integer NOT NULL,  -- no foreign key: its check would cost every queued row; drop_index clears
-    key         text NOT NULL,
+    index_id    integer NOT NULL,
+    keys        text[] NOT NULL,
     queued_at   timestamptz NOT NULL DEFAULT now(),
     run_after   timestamptz NOT NULL DEFAULT now(),
     attempts    integer NOT NULL DEFAULT 0,

@@ -129,7 +129,7 @@ BEGIN
 
     PERFORM semsearch.install_triggers(ix);
     IF changed IS NOT NULL THEN
-        PERFORM semsearch.enqueue_all(index_name);
+        PERFORM semsearch.request_backfill(index_name);
     END IF;
     RETURN ix.id;
 END $fn$;
@@ -149,14 +149,17 @@ BEGIN
         CREATE OR REPLACE FUNCTION semsearch.%1$I() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF TG_OP = 'INSERT' THEN
-                INSERT INTO semsearch.queue (index_id, key) SELECT %2$s, n.%3$I::text FROM new_rows n;
+                INSERT INTO semsearch.queue (index_id, keys)
+                SELECT %2$s, array_agg(n.%3$I::text) FROM new_rows n HAVING count(*) > 0;
             ELSIF TG_OP = 'UPDATE' THEN
-                INSERT INTO semsearch.queue (index_id, key)
-                SELECT %2$s, coalesce(n.%3$I, o.%3$I)::text
+                INSERT INTO semsearch.queue (index_id, keys)
+                SELECT %2$s, array_agg(coalesce(n.%3$I, o.%3$I)::text)
                   FROM new_rows n FULL JOIN old_rows o ON n.%3$I = o.%3$I
-                 WHERE n.%3$I IS NULL OR o.%3$I IS NULL OR ROW(%4$s) IS DISTINCT FROM ROW(%5$s);
+                 WHERE n.%3$I IS NULL OR o.%3$I IS NULL OR ROW(%4$s) IS DISTINCT FROM ROW(%5$s)
+                HAVING count(*) > 0;
             ELSIF TG_OP = 'DELETE' THEN
-                INSERT INTO semsearch.queue (index_id, key) SELECT %2$s, o.%3$I::text FROM old_rows o;
+                INSERT INTO semsearch.queue (index_id, keys)
+                SELECT %2$s, array_agg(o.%3$I::text) FROM old_rows o HAVING count(*) > 0;
             ELSE -- TRUNCATE: nothing left to embed or to serve
                 DELETE FROM semsearch.queue WHERE index_id = %2$s;
                 DELETE FROM semsearch.failures WHERE index_id = %2$s;
@@ -179,17 +182,46 @@ BEGIN
                    'FOR EACH STATEMENT EXECUTE FUNCTION semsearch.%I()', 'semsearch_' || ix.name || '_truncate', ix.source, fn);
 END $fn$;
 
--- Queue every row of the source table (declaration on a table that already has rows, or a re-embed).
-CREATE OR REPLACE FUNCTION semsearch.enqueue_all(index_name text, filter text DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    ix semsearch.indexes := semsearch.lookup_index(index_name);
-    n  bigint;
+-- Ask for every row of the source table (or those matching filter, a SQL condition) to be queued.
+-- The rows are queued later by semsearch.backfill_step, in short transactions: nothing here scans
+-- the table, so DDL that calls this holds its locks only briefly.
+CREATE OR REPLACE FUNCTION semsearch.request_backfill(index_name text, filter text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('INSERT INTO semsearch.queue (index_id, key) SELECT %s, %I::text FROM %s WHERE %s',
-                   ix.id, ix.key_column, ix.source, coalesce(filter, 'true'));
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
+    UPDATE semsearch.indexes i
+       SET backfill_pending = true, backfill_after = NULL, backfill_filter = filter
+     WHERE i.id = (semsearch.lookup_index(index_name)).id;
+    PERFORM pg_notify('semsearch', 'backfill');
+END $$;
+
+-- Queue the next step_rows keys of a requested backfill, in key order. Returns how many were queued:
+-- 0 when the table is done (the request is then cleared), NULL when no backfill is requested.
+-- Workers call it; `semsearch backfill` calls it with a progress bar. Run it in its own short
+-- transaction: it locks the registry row, so concurrent callers take turns.
+CREATE OR REPLACE FUNCTION semsearch.backfill_step(index_name text, step_rows integer DEFAULT 1000)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    ix   semsearch.indexes;
+    n    integer;
+    last text;
+BEGIN
+    SELECT * INTO ix FROM semsearch.indexes i WHERE i.name = index_name AND i.backfill_pending FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format(
+        'WITH batch AS (SELECT %1$I AS k FROM %2$s WHERE ($1::text IS NULL OR %1$I > $1::%3$s) AND (%4$s) '
+        '               ORDER BY %1$I LIMIT $2), '
+        '     queued AS (INSERT INTO semsearch.queue (index_id, keys) '
+        '                SELECT %5$s, array_agg(k::text ORDER BY k) FROM batch HAVING count(*) > 0) '
+        'SELECT count(*), max(k)::text FROM batch',
+        ix.key_column, ix.source, ix.key_type, coalesce(ix.backfill_filter, 'true'), ix.id)
+        INTO n, last USING ix.backfill_after, step_rows;
+    IF n = 0 THEN
+        UPDATE semsearch.indexes i SET backfill_pending = false, backfill_after = NULL, backfill_filter = NULL
+         WHERE i.id = ix.id;
+    ELSE
+        UPDATE semsearch.indexes i SET backfill_after = last WHERE i.id = ix.id;
         PERFORM pg_notify('semsearch', ix.id::text);
     END IF;
     RETURN n;
@@ -313,7 +345,8 @@ DROP VIEW IF EXISTS semsearch.status;
 DROP FUNCTION IF EXISTS semsearch.index_status();
 CREATE FUNCTION semsearch.index_status()
 RETURNS TABLE (index_name text, source_table text, model text, pending bigint, in_flight bigint, failed bigint,
-               oldest_pending_age interval, embedded_last_minute bigint, documents bigint)
+               oldest_pending_age interval, embedded_last_minute bigint, documents bigint,
+               backfilling boolean)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     ix semsearch.indexes;
@@ -322,8 +355,9 @@ BEGIN
         index_name := ix.name;
         source_table := ix.source::text;
         model := ix.model;
-        SELECT count(DISTINCT q.key), now() - min(q.queued_at) INTO pending, oldest_pending_age
-          FROM semsearch.queue q WHERE q.index_id = ix.id;
+        SELECT count(DISTINCT k), now() - min(q.queued_at) INTO pending, oldest_pending_age
+          FROM semsearch.queue q, unnest(q.keys) k WHERE q.index_id = ix.id;
+        backfilling := ix.backfill_pending;
         SELECT count(*) INTO in_flight FROM pg_locks l
          WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid = ix.id::oid
            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());

@@ -19,4 +19,4 @@ def store_rows(conn, index="articles_search"):
 
 
 def queue_keys(conn):
-    return sorted(r[0] for r in conn.execute("SELECT key FROM semsearch.queue").fetchall())
+    return sorted(r[0] for r in conn.execute("SELECT k FROM semsearch.queue, unnest(keys) k").fetchall())

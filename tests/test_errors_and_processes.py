@@ -15,7 +15,7 @@ from sqlalchemy import create_engine
 from semsearch import DatabaseUnavailable, PgvectorMissing, install
 from semsearch.database import connect
 
-from .helpers import store_rows
+from .helpers import queue_keys, store_rows
 from .models import Base
 
 CLI = [sys.executable, "-m", "semsearch.cli"]
@@ -111,4 +111,17 @@ def test_status_shows_pending_and_failures(engine, conn, db_url):
     assert "key=2 attempts=1: nothing to embed" in out.stdout
     out = subprocess.run(CLI + ["retry-failed", "--url", db_url], capture_output=True, text=True, timeout=60)
     assert "requeued 1" in out.stdout
-    assert conn.execute("SELECT key FROM semsearch.queue").fetchall() == [("2",)]
+    assert queue_keys(conn) == ["2"]
+
+
+def test_cli_backfill_queues_a_filtered_subset_in_steps(engine, conn, db_url, fake_embedder):
+    Base.metadata.create_all(engine)
+    conn.execute("INSERT INTO articles (id, title, body, views) SELECT g, 't' || g, 'b', 0 FROM generate_series(1, 30) g")
+    conn.execute("DELETE FROM semsearch.queue")
+    out = subprocess.run(CLI + ["backfill", "articles_search", "--where", "id <= 10", "--step", "4", "--url", db_url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "queued 10 row(s)" in out.stdout
+    assert queue_keys(conn) == sorted(str(i) for i in range(1, 11))
+    assert conn.execute("SELECT count(*), max(cardinality(keys)) FROM semsearch.queue").fetchone() == (3, 4)
+    assert conn.execute("SELECT backfilling FROM semsearch.status").fetchone() == (False,)

@@ -42,7 +42,7 @@ def test_update_of_a_non_embedded_column_enqueues_nothing(engine, conn, db_url, 
 def test_bulk_insert_is_one_queue_statement_and_primary_key_change_moves_the_key(engine, conn, db_url, fake_embedder):
     Base.metadata.create_all(engine)
     conn.execute("INSERT INTO articles (id, title, body, views) SELECT g, 't' || g, 'b', 0 FROM generate_series(1, 500) g")
-    assert conn.execute("SELECT count(*) FROM semsearch.queue").fetchone() == (500,)
+    assert conn.execute("SELECT count(*), sum(cardinality(keys)) FROM semsearch.queue").fetchone() == (1, 500)
     embedder = fake_embedder("all-MiniLM-L6-v2")
     drain(db_url, embedder)
     conn.execute("UPDATE articles SET id = 1000 WHERE id = 1")
@@ -66,7 +66,7 @@ def test_unchanged_text_is_not_embedded_again(engine, conn, db_url, fake_embedde
     embedder = fake_embedder("all-MiniLM-L6-v2")
     conn.execute("INSERT INTO articles (id, title, body, views) VALUES (1, 'a', 'b', 0)")
     drain(db_url, embedder)
-    conn.execute("SELECT semsearch.enqueue_all('articles_search')")
+    conn.execute("SELECT semsearch.request_backfill('articles_search')")
     drain(db_url, embedder)
     assert embedder.encoded == ["a\n\nb"]
 

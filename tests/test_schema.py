@@ -9,6 +9,7 @@ from sqlalchemy import text
 import semsearch.migrations  # noqa: F401  (registers op.create_search_index)
 from semsearch import install
 
+from .helpers import queue_keys
 from .models import Base
 
 
@@ -53,8 +54,10 @@ def test_alembic_operation_runs_the_same_ddl(engine, conn):
         op.create_search_index("notes_search", "notes", ["content"], distance="l2")
     assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'store_notes_search_hnsw'"
                         ).fetchone()[0].endswith("USING hnsw (embedding vector_l2_ops) WITH (m='16', ef_construction='64')")
-    # Rows already in the table are queued for embedding.
-    assert conn.execute("SELECT key FROM semsearch.queue").fetchall() == [("1",)]
+    # Rows already in the table are queued for embedding, in steps after the DDL has committed.
+    assert conn.execute("SELECT backfill_pending FROM semsearch.indexes").fetchone() == (True,)
+    assert conn.execute("SELECT semsearch.backfill_step('notes_search')").fetchone() == (1,)
+    assert queue_keys(conn) == ["1"]
     with engine.begin() as connection:
         Operations(MigrationContext.configure(connection)).drop_search_index("notes_search")
     assert conn.execute("SELECT count(*) FROM semsearch.indexes").fetchone() == (0,)
