@@ -20,7 +20,7 @@ class Embedder(Protocol):
     name: str
     dimensions: int
 
-    def chunk(self, text: str, chunk_tokens: int | None, overlap: int) -> list[str]: ...
+    def chunk(self, texts: Sequence[str], chunk_tokens: int | None, overlap: int) -> list[list[str]]: ...
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
 
@@ -80,22 +80,28 @@ class SentenceTransformerEmbedder:
         self.tokenizer = self.model.tokenizer
         self._lock = threading.Lock()
 
-    def chunk(self, text: str, chunk_tokens: int | None, overlap: int) -> list[str]:
+    def chunk(self, texts: Sequence[str], chunk_tokens: int | None, overlap: int) -> list[list[str]]:
+        """Each text as windows of at most chunk_tokens tokens, overlapping by `overlap` tokens."""
         size = min(chunk_tokens or self.max_tokens, self.max_tokens)
-        if len(text) <= size:  # every token covers at least one character
-            return [text]
-        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                                 verbose=False)["offset_mapping"]
-        if len(offsets) <= size:
-            return [text]
+        result = [[text] for text in texts]
+        # Every token covers at least one character: only longer texts need the tokenizer.
+        long = [i for i, text in enumerate(texts) if len(text) > size]
+        if not long:
+            return result
+        encodings = self.tokenizer([texts[i] for i in long], add_special_tokens=False,
+                                   return_offsets_mapping=True, verbose=False)["offset_mapping"]
         step = max(size - min(overlap, size - 1), 1)
-        chunks = []
-        for start in range(0, len(offsets), step):
-            window = offsets[start:start + size]
-            chunks.append(text[window[0][0]:window[-1][1]])
-            if start + size >= len(offsets):
-                break
-        return chunks
+        for i, offsets in zip(long, encodings):
+            if len(offsets) <= size:
+                continue
+            text, chunks = texts[i], []
+            for start in range(0, len(offsets), step):
+                window = offsets[start:start + size]
+                chunks.append(text[window[0][0]:window[-1][1]])
+                if start + size >= len(offsets):
+                    break
+            result[i] = chunks
+        return result
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         with self._lock:  # one encode at a time: torch already uses every core

@@ -64,10 +64,6 @@ def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> li
             for r in rows]
 
 
-class PermanentFailure(Exception):
-    """An item that can never succeed as it is (no text, too long): no retries."""
-
-
 @dataclass
 class Item:
     key: str
@@ -131,8 +127,7 @@ class Worker:
                 while t.is_alive():  # short timeouts keep the main thread responsive to signals
                     t.join(0.02)
         finally:
-            self.stop()
-            listener.join(5)
+            self.stop()  # the listener (a daemon thread) sees it within 0.1 s and closes its connection
         if self._errors:
             raise self._errors[0]
 
@@ -163,6 +158,8 @@ class Worker:
                         for _ in conn.notifies(timeout=0.1, stop_after=1):
                             self._notify()
             except Exception as exc:  # the lanes report real errors; here we only retry
+                if self._stop.is_set():
+                    return
                 log.warning("listener lost its connection (%s); reconnecting in %.1fs", exc, backoff)
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 30)
@@ -174,6 +171,9 @@ class Worker:
                 with connect(self.url) as conn:
                     conn.row_factory = namedtuple_row
                     register_vector(conn)
+                    # Safe to skip the WAL flush wait: the store write and the queue delete commit
+                    # together, so a crash can only undo both and the batch is simply redone.
+                    conn.execute("SET synchronous_commit = off")
                     conn.commit()
                     backoff, connected_once = 0.5, True
                     if self._work(conn, drain):
@@ -317,7 +317,7 @@ class Worker:
             sql.SQL("SELECT key, content_hash FROM semsearch.{} WHERE key = ANY(%s) AND chunk = 0")
             .format(sql.Identifier(ix.store_table)), ([i.key for i in present],)).fetchall())
 
-        to_embed: list[Item] = []
+        changed: list[Item] = []
         failed: list[tuple[Item, str, bool]] = []  # item, reason, permanent
         for item in present:
             item.text = texts[item.key]
@@ -325,21 +325,19 @@ class Worker:
                 failed.append((item, "nothing to embed: the indexed columns are NULL, empty or blank", True))
                 continue
             item.hash = content_hash(embedder.name, ix.chunk_tokens, ix.chunk_overlap, item.text)
-            if current.get(item.key) == item.hash:
-                continue  # already embedded from exactly this text
-            try:
-                item.chunks = embedder.chunk(item.text, ix.chunk_tokens, ix.chunk_overlap)
-                if len(item.chunks) > self.max_chunks:
-                    raise PermanentFailure(
-                        f"text too long: {len(item.chunks)} chunks, over the worker's max_chunks "
-                        f"({self.max_chunks}); raise max_chunks (--max-chunks) to embed it")
-            except PermanentFailure as exc:
-                failed.append((item, str(exc), True))
-                continue
-            except Exception as exc:
-                failed.append((item, f"chunking failed: {exc!r}", False))
-                continue
-            to_embed.append(item)
+            if current.get(item.key) != item.hash:  # else: already embedded from exactly this text
+                changed.append(item)
+
+        to_embed: list[Item] = []
+        for item, chunks in zip(changed, self._chunk(embedder, ix, changed)):
+            if isinstance(chunks, Exception):
+                failed.append((item, f"chunking failed: {chunks!r}", False))
+            elif len(chunks) > self.max_chunks:
+                failed.append((item, f"text too long: {len(chunks)} chunks, over the worker's max_chunks "
+                                     f"({self.max_chunks}); raise max_chunks (--max-chunks) to embed it", True))
+            else:
+                item.chunks = chunks
+                to_embed.append(item)
 
         vectors, embed_failures = self._embed(embedder, to_embed)
         failed.extend(embed_failures)
@@ -372,6 +370,20 @@ class Worker:
         ).format(key=sql.Identifier(ix.key_column), cols=text,
                  table=sql.Identifier(ix.schema, ix.table), type=sql.SQL(ix.key_type))
         return dict(conn.execute(query, (keys,)).fetchall())
+
+    @staticmethod
+    def _chunk(embedder: Embedder, ix: IndexSpec, items: list[Item]) -> list[list[str] | Exception]:
+        """Chunk the whole batch in one tokenizer call; item by item if that fails, to find the culprit."""
+        try:
+            return embedder.chunk([i.text for i in items], ix.chunk_tokens, ix.chunk_overlap)
+        except Exception:
+            results: list[list[str] | Exception] = []
+            for item in items:
+                try:
+                    results.extend(embedder.chunk([item.text], ix.chunk_tokens, ix.chunk_overlap))
+                except Exception as exc:
+                    results.append(exc)
+            return results
 
     def _embed(self, embedder: Embedder, items: list[Item]):
         """Embed all chunks at once; on an error, split the batch to isolate the poison items."""

@@ -96,11 +96,11 @@ class FakeEmbedder:
         self.fail_on = fail_on
         self.encoded: list[str] = []
 
-    def chunk(self, text, chunk_tokens, overlap):
+    def chunk(self, texts, chunk_tokens, overlap):
         size = chunk_tokens or 200
-        words = text.split(" ")
         step = max(size - overlap, 1)
-        return [" ".join(words[i:i + size]) for i in range(0, max(len(words) - overlap, 1), step)]
+        return [[" ".join(words[i:i + size]) for i in range(0, max(len(words) - overlap, 1), step)]
+                for words in (text.split(" ") for text in texts)]
 
     def encode(self, texts, batch_size=64):
         if self.fail_on and any(self.fail_on in t for t in texts):

@@ -45,8 +45,8 @@ class BlockingEmbedder:
         self.started, self.release = threading.Event(), threading.Event()
         self.active, self.overlaps, self.lock = set(), [], threading.Lock()
 
-    def chunk(self, text, chunk_tokens, overlap):
-        return self.fake.chunk(text, chunk_tokens, overlap)
+    def chunk(self, texts, chunk_tokens, overlap):
+        return self.fake.chunk(texts, chunk_tokens, overlap)
 
     def encode(self, texts, batch_size=64):
         with self.lock:
