@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU torch first, so sentence-transformers never pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[model,embedded,test]'
+	$(BIN)/pip install --quiet -e '.[model,embedded,async,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -18,15 +18,14 @@ def _url(args) -> str:
 def cmd_install(args) -> None:
     from sqlalchemy import create_engine
 
-    from .database import sqlalchemy_url
-    from .schema import install
+    from .database import connect, sqlalchemy_url
+    from .schema import install, installed_version
 
     url = _url(args)
-    engine = create_engine(sqlalchemy_url(url))
-    install(engine)
-    with engine.connect() as conn:
-        version = conn.exec_driver_sql("SELECT version_num FROM semsearch.alembic_version").scalar()
-        count = conn.exec_driver_sql("SELECT count(*) FROM semsearch.indexes").scalar()
+    install(create_engine(sqlalchemy_url(url)))
+    with connect(url) as conn:
+        version = installed_version(conn)
+        count = conn.execute("SELECT count(*) FROM semsearch.indexes").fetchone()[0]
     print(f"semsearch schema installed (version {version}); {count} index(es) registered")
 
 
@@ -42,6 +41,7 @@ def run_worker(worker, drain: bool, show_progress: bool) -> None:
     """Run until SIGTERM/SIGINT (or drained), with a progress bar when draining."""
     from .database import connect
     from .progress import Progress
+    from .schema import require_installed
 
     def stop(signum, frame):
         logging.getLogger("semsearch").info("received %s: finishing the current batch", signal.Signals(signum).name)
@@ -52,6 +52,7 @@ def run_worker(worker, drain: bool, show_progress: bool) -> None:
     progress = None
     if show_progress:
         with connect(worker.url) as conn:
+            require_installed(conn)
             total = conn.execute("SELECT count(DISTINCT (q.index_id, k)) FROM semsearch.queue q, unnest(q.keys) k"
                                  ).fetchone()[0]
         progress = Progress(total, "embedding")
@@ -65,8 +66,10 @@ def run_worker(worker, drain: bool, show_progress: bool) -> None:
 
 def cmd_status(args) -> None:
     from .database import connect
+    from .schema import require_installed
 
     with connect(_url(args)) as conn:
+        require_installed(conn)
         rows = conn.execute(
             "SELECT index_name, source_table, model, documents, pending, in_flight, failed, "
             "oldest_pending_age, embedded_last_minute FROM semsearch.status"

@@ -89,18 +89,11 @@ def connect(url: str | None = None, **kwargs) -> psycopg.Connection:
         ) from exc
 
 
-def check_pgvector(conn: psycopg.Connection) -> None:
-    """Fail early, and helpfully, on a server without pgvector."""
-    row = conn.execute(
-        "SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'vector'"
-    ).fetchone()
-    if row is None:
-        version = conn.execute("SHOW server_version_num").fetchone()[0]
-        major = int(version) // 10000
-        raise PgvectorMissing(
-            f"the PostgreSQL {major} server has no pgvector extension available.\n"
+def pgvector_problem(server_version_num) -> str:
+    """What to do on a server without pgvector."""
+    major = int(server_version_num) // 10000
+    return (f"the PostgreSQL {major} server has no pgvector extension available.\n"
             f"Install it on the server (Debian/Ubuntu: apt install postgresql-{major}-pgvector; "
             "macOS: brew install pgvector; Docker: use the pgvector/pgvector image; "
             "managed Postgres: enable the 'vector' extension in the provider's console), "
-            "then run `semsearch install` again."
-        )
+            "then run `semsearch install` again.")

@@ -5,102 +5,65 @@
         ...
         search = SearchIndex("title", "body")
 
-`Base.metadata.create_all(engine)` then installs the semsearch schema and the index's store,
-HNSW and GIN indexes and triggers, through the same SQL function (semsearch.create_index) that
-Alembic's op.create_search_index and `semsearch install` use.
+`Base.metadata.create_all(engine)` (or `await conn.run_sync(Base.metadata.create_all)`) then installs
+the semsearch schema and the index's store, HNSW and GIN indexes and triggers, through the same
+DDL (semsearch.ddl) that Alembic's operations and `semsearch install` run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, MetaData, Select, Table, event, text
+from sqlalchemy.orm import Mapper
 
-from .embedder import DEFAULT_MODEL, KNOWN_DIMENSIONS, get_embedder
-
-DISTANCES = ("cosine", "l2", "inner_product")
-
-
-def validate(columns: list[str], distance: str) -> None:
-    if not columns:
-        raise ValueError("SearchIndex needs at least one column name, e.g. SearchIndex('title', 'body')")
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, not {distance!r}")
+from .ddl import CreateSearchIndex, DropSearchIndex
+from .options import IndexOptions
 
 
 @dataclass
 class IndexDefinition:
-    """What semsearch.create_index needs; shared by SearchIndex and the Alembic operation."""
+    """An index as DDL sees it: name, table, columns and options (shared by SearchIndex and Alembic)."""
 
     name: str
     table: str
     columns: list[str]
     schema: str | None = None
-    model: str = DEFAULT_MODEL
-    dimensions: int | None = None
-    distance: str = "cosine"
-    ts_config: str = "english"
-    chunk_tokens: int | None = None
-    chunk_overlap: int = 32
-    hnsw_m: int = 16
-    hnsw_ef_construction: int = 64
+    options: IndexOptions = field(default_factory=IndexOptions)
 
     def __post_init__(self):
-        validate(self.columns, self.distance)
+        if not self.columns:
+            raise ValueError("a search index needs at least one column name, e.g. SearchIndex('title', 'body')")
 
-    def resolved_dimensions(self) -> int:
-        if self.dimensions is None:
-            self.dimensions = KNOWN_DIMENSIONS.get(self.model) or get_embedder(self.model).dimensions
-        return self.dimensions
+    def create_ddl(self) -> CreateSearchIndex:
+        return CreateSearchIndex(self.name, self.table, self.columns, self.schema, self.options.with_dimensions())
 
     def create(self, connection: Connection) -> None:
-        connection.execute(
-            text("SELECT semsearch.create_index(:name, CAST(:source AS regclass), CAST(:columns AS text[]), "
-                 ":model, :dimensions, :distance, CAST(:ts_config AS regconfig), :chunk_tokens, "
-                 ":chunk_overlap, :hnsw_m, :hnsw_ef_construction)"),
-            {"name": self.name, "source": self.qualified_table(), "columns": list(self.columns),
-             "model": self.model, "dimensions": self.resolved_dimensions(), "distance": self.distance,
-             "ts_config": self.ts_config, "chunk_tokens": self.chunk_tokens,
-             "chunk_overlap": self.chunk_overlap, "hnsw_m": self.hnsw_m,
-             "hnsw_ef_construction": self.hnsw_ef_construction},
-        )
+        connection.execute(self.create_ddl())
 
     def drop(self, connection: Connection) -> None:
-        drop_index(connection, self.name)
-
-    def qualified_table(self) -> str:
-        def quote(part: str) -> str:
-            return '"' + part.replace('"', '""') + '"'
-
-        return f"{quote(self.schema)}.{quote(self.table)}" if self.schema else quote(self.table)
-
-
-def drop_index(connection: Connection, name: str) -> None:
-    """Drop an index's triggers, store and queued work; a missing index is not an error."""
-    connection.execute(text("SELECT semsearch.drop_index(:name, true)"), {"name": name})
+        connection.execute(DropSearchIndex(self.name))
 
 
 class SearchIndex:
-    """A searchable set of text columns on a model; also the entry point for its queries."""
+    """A searchable set of text columns on a model; also the entry point for its queries.
 
-    def __init__(self, *columns: str, name: str | None = None, model: str = DEFAULT_MODEL,
-                 dimensions: int | None = None, distance: str = "cosine", ts_config: str = "english",
-                 chunk_tokens: int | None = None, chunk_overlap: int = 32,
-                 hnsw_m: int = 16, hnsw_ef_construction: int = 64):
+    Options (model, dimensions, distance, ts_config, chunk_tokens, chunk_overlap, hnsw_m,
+    hnsw_ef_construction) and their defaults: semsearch.options.IndexOptions.
+    In a SQLModel `table=True` model, declare it as `search: ClassVar[SearchIndex] = SearchIndex(...)`.
+    """
+
+    def __init__(self, *columns: str, name: str | None = None, **options):
+        if not columns:
+            raise ValueError("SearchIndex needs at least one column name, e.g. SearchIndex('title', 'body')")
         self.columns = list(columns)
         self._name = name
-        self._options = dict(model=model, dimensions=dimensions, distance=distance, ts_config=ts_config,
-                             chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, hnsw_m=hnsw_m,
-                             hnsw_ef_construction=hnsw_ef_construction)
-        validate(self.columns, distance)  # fail at declaration time, not at create_all
+        self.options = IndexOptions(**options)  # fail at declaration time, not at create_all
         self.model_class = None
         self.attribute = None
 
     def __set_name__(self, owner, attribute: str) -> None:
         self.model_class = owner
         self.attribute = attribute
-        metadata = getattr(owner, "metadata", None)
-        if isinstance(metadata, MetaData):
-            attach(metadata, self)
 
     def __get__(self, instance, owner):
         return self
@@ -118,32 +81,64 @@ class SearchIndex:
 
     @property
     def model(self) -> str:
-        return self._options["model"]
+        return self.options.model
 
     def definition(self) -> IndexDefinition:
         missing = [c for c in self.columns if c not in self.table.c]
         if missing:
             raise ValueError(f"SearchIndex on {self.table.name}: no column(s) {', '.join(missing)}; "
                              f"the table has {', '.join(self.table.c.keys())}")
-        return IndexDefinition(self.name, self.table.name, self.columns, schema=self.table.schema, **self._options)
+        return IndexDefinition(self.name, self.table.name, self.columns, schema=self.table.schema,
+                               options=self.options)
 
-    # Queries: see semsearch.query.
-    def semantic(self, query: str, *, limit: int = 10, candidates: int | None = None) -> Select:
+    # Queries (semsearch.query): each returns a Select of (Model, score); the a* twins embed the
+    # query text in a worker thread, so an event loop never waits on the model.
+    def semantic(self, query: str | None = None, *, vector=None, limit: int = 10,
+                 candidates: int | None = None) -> Select:
         from .query import semantic
 
-        return semantic(self, query, limit=limit, candidates=candidates)
+        return semantic(self, query, vector=vector, limit=limit, candidates=candidates)
 
     def keyword(self, query: str, *, limit: int = 10, candidates: int | None = None) -> Select:
         from .query import keyword
 
         return keyword(self, query, limit=limit, candidates=candidates)
 
-    def hybrid(self, query: str, *, limit: int = 10, candidates: int | None = None, rrf_k: int = 60,
-               semantic_weight: float = 1.0, keyword_weight: float = 1.0) -> Select:
+    def hybrid(self, query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
+               rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0) -> Select:
         from .query import hybrid
 
-        return hybrid(self, query, limit=limit, candidates=candidates, rrf_k=rrf_k,
+        return hybrid(self, query, vector=vector, limit=limit, candidates=candidates, rrf_k=rrf_k,
                       semantic_weight=semantic_weight, keyword_weight=keyword_weight)
+
+    async def asemantic(self, query: str | None = None, *, vector=None, limit: int = 10,
+                        candidates: int | None = None) -> Select:
+        from .query import embed_query_async
+
+        if vector is None:
+            vector = await embed_query_async(self, query)
+        return self.semantic(vector=vector, limit=limit, candidates=candidates)
+
+    async def akeyword(self, query: str, *, limit: int = 10, candidates: int | None = None) -> Select:
+        return self.keyword(query, limit=limit, candidates=candidates)
+
+    async def ahybrid(self, query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
+                      rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0) -> Select:
+        from .query import embed_query_async
+
+        if vector is None:
+            vector = await embed_query_async(self, query)
+        return self.hybrid(query, vector=vector, limit=limit, candidates=candidates, rrf_k=rrf_k,
+                           semantic_weight=semantic_weight, keyword_weight=keyword_weight)
+
+
+@event.listens_for(Mapper, "instrument_class")
+def _attach_declared_indexes(mapper: Mapper, class_) -> None:
+    """Attach a model's indexes to the MetaData its table really lives in (a Flask-SQLAlchemy
+    __bind_key__ model has its own), once the mapper knows that table."""
+    for value in list(vars(class_).values()):
+        if isinstance(value, SearchIndex) and value.model_class is class_:
+            attach(mapper.local_table.metadata, value)
 
 
 def attach(metadata: MetaData, index: SearchIndex) -> None:
@@ -152,14 +147,19 @@ def attach(metadata: MetaData, index: SearchIndex) -> None:
     if not indexes:
         event.listen(metadata, "after_create", _after_create)
         event.listen(metadata, "before_drop", _before_drop)
-    indexes.append(index)
+    if index not in indexes:
+        indexes.append(index)
+
+
+def declared_indexes(metadata: MetaData) -> list[SearchIndex]:
+    return list(metadata.info.get("semsearch_indexes", []))
 
 
 def _after_create(metadata: MetaData, connection: Connection, **kw) -> None:
     from .schema import install
 
     install(connection)
-    for index in metadata.info["semsearch_indexes"]:
+    for index in declared_indexes(metadata):
         index.definition().create(connection)
 
 
@@ -167,6 +167,6 @@ def _before_drop(metadata: MetaData, connection: Connection, **kw) -> None:
     exists = connection.execute(text("SELECT to_regclass('semsearch.indexes') IS NOT NULL")).scalar()
     if exists:
         tables = kw.get("tables")
-        for index in metadata.info["semsearch_indexes"]:
+        for index in declared_indexes(metadata):
             if tables is None or index.table in tables:
                 index.definition().drop(connection)

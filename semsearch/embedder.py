@@ -9,9 +9,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .errors import ModelUnavailable
-
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-KNOWN_DIMENSIONS = {DEFAULT_MODEL: 384, "sentence-transformers/all-MiniLM-L6-v2": 384}
+from .options import DEFAULT_MODEL, KNOWN_DIMENSIONS
 
 
 class Embedder(Protocol):

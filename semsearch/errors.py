@@ -15,3 +15,7 @@ class PgvectorMissing(SemsearchError):
 
 class ModelUnavailable(SemsearchError):
     """The embedding model cannot be loaded."""
+
+
+class NotInstalled(SemsearchError):
+    """The database has no semsearch schema yet."""

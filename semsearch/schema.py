@@ -1,44 +1,22 @@
-"""Install and upgrade the `semsearch` schema (plain SQL in sql/, versioned under alembic/)."""
-from __future__ import annotations
+"""Install and upgrade the `semsearch` schema: the statements of semsearch.ddl.install_steps().
 
-from pathlib import Path
+Every statement is idempotent, so installing is the same as upgrading, and the same statements serve
+create_all, Alembic operations (online and `--sql`) and `semsearch install`.
+"""
+from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, create_engine, text
 
-from .database import check_pgvector, database_url, sqlalchemy_url
-
-_PACKAGE = Path(__file__).resolve().parent
-
-
-def _resource(installed: str, source: str) -> Path:
-    """Folder shipped inside the wheel, or beside the package in a source checkout."""
-    for candidate in (_PACKAGE / installed, _PACKAGE.parent / source):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"semsearch resource folder {source!r} is missing from the installation")
-
-
-def sql_dir() -> Path:
-    return _resource("_sql", "sql")
-
-
-def migrations_dir() -> Path:
-    return _resource("_alembic", "alembic")
-
-
-def run_sql_file(name: str) -> None:
-    """Run one file of sql/ inside the current Alembic migration."""
-    from alembic import op
-
-    sql = (sql_dir() / name).read_text()
-    # Raw driver call: the file holds many statements and format() patterns with '%'.
-    op.get_bind().connection.driver_connection.execute(sql)
+from .database import database_url, pgvector_problem, sqlalchemy_url
+from .ddl import install_steps
+from .errors import NotInstalled, PgvectorMissing
 
 
 def install(bind: Connection | Engine | None = None) -> None:
-    """Create or upgrade the semsearch tables (migrations), then its functions and every index's triggers.
+    """Create or upgrade the semsearch schema and refresh every index's triggers.
 
-    Idempotent and safe to run concurrently (serialised by an advisory lock).
+    Idempotent and safe to run concurrently (serialised by an advisory lock). Takes no lock on an
+    application table unless an index's triggers are missing or out of date.
     """
     if bind is None:
         bind = create_engine(sqlalchemy_url(database_url()))
@@ -46,14 +24,43 @@ def install(bind: Connection | Engine | None = None) -> None:
         with bind.begin() as conn:
             install(conn)
         return
-    from alembic import command
-    from alembic.config import Config
+    row = bind.execute(text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")).first()
+    if row is None:
+        raise PgvectorMissing(pgvector_problem(bind.execute(text("SHOW server_version_num")).scalar()))
+    for step in install_steps():
+        bind.execute(step)
 
-    check_pgvector(bind.connection.driver_connection)
-    bind.execute(text("SELECT pg_advisory_xact_lock(hashtext('semsearch.install'))"))
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
-    config.attributes["connection"] = bind
-    command.upgrade(config, "head")
-    bind.connection.driver_connection.execute((sql_dir() / "functions.sql").read_text())
-    bind.execute(text("SELECT semsearch.install_triggers(i) FROM semsearch.indexes i"))
+
+async def ainstall(bind) -> None:
+    """install() for an AsyncEngine or AsyncConnection."""
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    if isinstance(bind, AsyncEngine):
+        async with bind.begin() as conn:
+            await conn.run_sync(install)
+    else:
+        await bind.run_sync(install)
+
+
+def installed_version(conn) -> str | None:
+    """The newest schema version a database has, or None where semsearch is not installed.
+
+    Takes a psycopg connection (the CLI and the worker use psycopg directly).
+    """
+    if conn.execute("SELECT to_regclass('semsearch.indexes') IS NULL").fetchone()[0]:
+        return None
+    if conn.execute("SELECT to_regclass('semsearch.schema_version') IS NULL").fetchone()[0]:
+        return "unknown"
+    return conn.execute("SELECT max(version) FROM semsearch.schema_version").fetchone()[0]
+
+
+def require_installed(conn) -> str:
+    version = installed_version(conn)
+    if version is None:
+        database = conn.info.dbname
+        raise NotInstalled(
+            f"semsearch is not installed in database {database!r}: there is no semsearch schema yet.\n"
+            "Run `semsearch install` (with the same database URL), or create your search indexes with "
+            "Base.metadata.create_all(engine) or an Alembic migration (op.create_search_index)."
+        )
+    return version

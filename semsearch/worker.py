@@ -24,8 +24,9 @@ from pgvector.psycopg import register_vector
 from psycopg.rows import namedtuple_row
 
 from .database import connect, database_url
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, SemsearchError
 from .embedder import Embedder, content_hash, get_embedder
+from .schema import installed_version, require_installed
 
 log = logging.getLogger("semsearch.worker")
 
@@ -40,8 +41,6 @@ class IndexSpec:
     name: str
     schema: str
     table: str
-    key_column: str
-    key_type: str
     columns: tuple[str, ...]
     model: str
     chunk_tokens: int | None
@@ -51,7 +50,7 @@ class IndexSpec:
 
 def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> list[IndexSpec]:
     rows = conn.execute(
-        """SELECT i.id, i.name, n.nspname, c.relname, i.key_column, i.key_type, i.columns::text[],
+        """SELECT i.id, i.name, n.nspname, c.relname, i.columns::text[],
                   i.model, i.chunk_tokens, i.chunk_overlap, i.store_table
              FROM semsearch.indexes i
              JOIN pg_class c ON c.oid = i.source
@@ -60,8 +59,7 @@ def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> li
             ORDER BY i.id""",
         {"names": names},
     ).fetchall()
-    return [IndexSpec(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6]), r[7], r[8], r[9], r[10])
-            for r in rows]
+    return [IndexSpec(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
 
 
 @dataclass
@@ -176,6 +174,8 @@ class Worker:
                     conn.execute("SET synchronous_commit = off")
                     conn.commit()
                     backoff, connected_once = 0.5, True
+                    if not self._wait_for_schema(conn, drain):
+                        return
                     if self._work(conn, drain):
                         return
             except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
@@ -185,10 +185,33 @@ class Worker:
                 log.warning("database connection lost (%s); reconnecting in %.1fs", str(exc).strip(), backoff)
                 self._sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 30)
+            except SemsearchError as exc:  # a problem to report, not a crash
+                self._fail(exc)
+                return
             except BaseException as exc:
                 log.exception("worker lane failed")
                 self._fail(exc)
                 return
+
+    def _wait_for_schema(self, conn: psycopg.Connection, drain: bool) -> bool:
+        """A worker may start before the application's migrations: wait (logging once) until semsearch
+        is installed, so containers can start in any order. Draining has nothing to wait for."""
+        logged = False
+        while not self._stop.is_set():
+            installed = installed_version(conn) is not None
+            conn.commit()
+            if installed:
+                if logged:
+                    log.info("semsearch schema found; starting")
+                return True
+            if drain:
+                require_installed(conn)
+            if not logged:
+                log.warning("semsearch is not installed in database %r yet; waiting for it (run `semsearch "
+                            "install`, create_all or your migrations)", conn.info.dbname)
+                logged = True
+            self._sleep(min(self.poll_interval, 2.0))
+        return False
 
     def _fail(self, exc: BaseException) -> None:
         self._errors.append(exc)
@@ -363,13 +386,10 @@ class Worker:
         for item, reason, permanent in failed:
             self._record_failure(conn, ix, item, reason, permanent)
 
-    def _read_source(self, conn: psycopg.Connection, ix: IndexSpec, keys: list[str]) -> dict[str, str | None]:
-        text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in ix.columns)
-        query = sql.SQL(
-            "SELECT {key}::text, concat_ws(E'\\n\\n', {cols}) FROM {table} WHERE {key} = ANY(%s::text[]::{type}[])"
-        ).format(key=sql.Identifier(ix.key_column), cols=text,
-                 table=sql.Identifier(ix.schema, ix.table), type=sql.SQL(ix.key_type))
-        return dict(conn.execute(query, (keys,)).fetchall())
+    @staticmethod
+    def _read_source(conn: psycopg.Connection, ix: IndexSpec, keys: list[str]) -> dict[str, str | None]:
+        """The current text of these keys (keys of deleted rows are absent); any primary key type."""
+        return dict(conn.execute("SELECT key, content FROM semsearch.read_source(%s, %s)", (ix.id, keys)).fetchall())
 
     @staticmethod
     def _chunk(embedder: Embedder, ix: IndexSpec, items: list[Item]) -> list[list[str] | Exception]:

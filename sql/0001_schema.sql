@@ -1,29 +1,37 @@
--- semsearch schema, version 0001: the tables. Functions and views live in functions.sql.
+-- semsearch schema, version 0001: the tables. Functions and views live in the other files of sql/.
 -- Plain SQL on top of pgvector: nothing here needs superuser beyond CREATE EXTENSION vector,
--- so it runs on managed Postgres. Applied by the package's own Alembic history (semsearch install).
--- Idempotent: every statement can run again on an installed database.
+-- so it runs on managed Postgres. Every statement can run again on an installed database, which is
+-- what lets the same text serve `semsearch install`, create_all and an offline `alembic upgrade --sql`.
 
 CREATE EXTENSION IF NOT EXISTS vector;
 CREATE SCHEMA IF NOT EXISTS semsearch;
+
+-- Which schema files an installation has applied.
+CREATE TABLE IF NOT EXISTS semsearch.schema_version (
+    version     text PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
 
 -- Registry of declared indexes. Workers read only this table, never the application's models.
 CREATE TABLE IF NOT EXISTS semsearch.indexes (
     id              integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name            text NOT NULL UNIQUE CHECK (name ~ '^[a-z_][a-z0-9_]{0,39}$'),
     source          regclass NOT NULL,
-    key_column      name NOT NULL,
-    key_type        text NOT NULL,
+    -- The source table's primary key, in key order (one or more columns of any type with a btree order).
+    key_columns     name[] NOT NULL CHECK (cardinality(key_columns) > 0),
     columns         name[] NOT NULL CHECK (cardinality(columns) > 0),
     model           text NOT NULL,
     dimensions      integer NOT NULL CHECK (dimensions BETWEEN 1 AND 16000),
     distance        text NOT NULL CHECK (distance IN ('cosine', 'l2', 'inner_product')),
     ts_config       regconfig NOT NULL,
     chunk_tokens    integer CHECK (chunk_tokens > 0),
-    chunk_overlap   integer NOT NULL DEFAULT 0 CHECK (chunk_overlap >= 0),
+    chunk_overlap   integer NOT NULL CHECK (chunk_overlap >= 0),
+    hnsw_m          integer NOT NULL CHECK (hnsw_m BETWEEN 2 AND 100),
+    hnsw_ef_construction integer NOT NULL CHECK (hnsw_ef_construction BETWEEN 4 AND 1000),
     store_table     name NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
     -- Backfill of rows that existed before the triggers: done in short steps (semsearch.backfill_step),
-    -- in key order, resuming after backfill_after.
+    -- in key order, resuming after backfill_after (a key in its queued text form).
     backfill_pending boolean NOT NULL DEFAULT false,
     backfill_after  text,
     backfill_filter text
@@ -55,3 +63,4 @@ CREATE TABLE IF NOT EXISTS semsearch.failures (
     PRIMARY KEY (index_id, key)
 );
 
+INSERT INTO semsearch.schema_version (version) VALUES ('0001') ON CONFLICT DO NOTHING;

@@ -2,14 +2,8 @@
 import subprocess
 import sys
 
-from alembic.migration import MigrationContext
-from alembic.operations import Operations
-from sqlalchemy import text
-
-import semsearch.migrations  # noqa: F401  (registers op.create_search_index)
 from semsearch import install
 
-from .helpers import queue_keys
 from .models import Base
 
 
@@ -23,11 +17,11 @@ def test_create_all_creates_store_indexes_and_triggers(engine, conn):
     triggers = {r[0] for r in conn.execute(
         "SELECT tgname FROM pg_trigger WHERE tgrelid = 'articles'::regclass AND NOT tgisinternal").fetchall()}
     assert triggers == {f"semsearch_articles_search_{op}" for op in ("insert", "update", "delete", "truncate")}
-    row = conn.execute("SELECT key_column, key_type, columns::text[], model, dimensions, distance "
+    row = conn.execute("SELECT key_columns::text[], columns::text[], model, dimensions, distance, chunk_overlap "
                        "FROM semsearch.indexes WHERE name = 'articles_search'").fetchone()
-    assert row == ("id", "integer", ["title", "body"], "all-MiniLM-L6-v2", 384, "cosine")
-    # The package's own migration history lives in its own version table.
-    assert conn.execute("SELECT version_num FROM semsearch.alembic_version").fetchone() == ("0001",)
+    assert row == (["id"], ["title", "body"], "all-MiniLM-L6-v2", 384, "cosine", 32)
+    # semsearch's schema version lives in its own table, never in the application's alembic_version.
+    assert conn.execute("SELECT max(version) FROM semsearch.schema_version").fetchone() == ("0001",)
     assert conn.execute("SELECT to_regclass('public.alembic_version')").fetchone() == (None,)
 
 
@@ -44,26 +38,6 @@ def test_drop_all_removes_store_and_registry(engine, conn):
     Base.metadata.drop_all(engine)
     assert conn.execute("SELECT count(*) FROM semsearch.indexes").fetchone() == (0,)
     assert conn.execute("SELECT to_regclass('semsearch.store_articles_search')").fetchone() == (None,)
-
-
-def test_alembic_operation_runs_the_same_ddl(engine, conn):
-    with engine.begin() as connection:
-        connection.execute(text("CREATE TABLE notes (id bigint PRIMARY KEY, content text)"))
-        connection.execute(text("INSERT INTO notes VALUES (1, 'existing row')"))
-        op = Operations(MigrationContext.configure(connection))
-        op.create_search_index("notes_search", "notes", ["content"], distance="l2")
-    assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'store_notes_search_hnsw'"
-                        ).fetchone()[0].endswith("USING hnsw (embedding vector_l2_ops) WITH (m='16', ef_construction='64')")
-    # Rows already in the table are queued for embedding, in steps after the DDL has committed.
-    assert conn.execute("SELECT backfill_pending FROM semsearch.indexes").fetchone() == (True,)
-    assert conn.execute("SELECT semsearch.backfill_step('notes_search')").fetchone() == (1,)
-    assert queue_keys(conn) == ["1"]
-    with engine.begin() as connection:
-        Operations(MigrationContext.configure(connection)).drop_search_index("notes_search")
-    assert conn.execute("SELECT count(*) FROM semsearch.indexes").fetchone() == (0,)
-    assert conn.execute("SELECT count(*) FROM semsearch.queue").fetchone() == (0,)
-    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'notes'::regclass "
-                        "AND NOT tgisinternal").fetchone() == (0,)
 
 
 def test_changing_the_model_of_an_existing_index_is_refused_with_a_hint(engine, conn):

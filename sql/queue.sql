@@ -1,0 +1,139 @@
+-- Triggers and queue: statement-level triggers with transition tables enqueue the keys of rows whose
+-- indexed columns changed (one queue INSERT per statement); backfill queues rows that existed before.
+
+-- The body of an index's trigger function. Compared with the installed one, so an unchanged index
+-- never replaces it.
+CREATE OR REPLACE FUNCTION semsearch.trigger_body(ix semsearch.indexes)
+RETURNS text LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    first_key name := ix.key_columns[1];
+    join_on   text;
+    new_cols  text;
+    old_cols  text;
+BEGIN
+    SELECT string_agg(format('n.%1$I = o.%1$I', c), ' AND ') INTO join_on FROM unnest(ix.key_columns) c;
+    SELECT string_agg(format('n.%I', c), ', '), string_agg(format('o.%I', c), ', ')
+      INTO new_cols, old_cols FROM unnest(ix.columns) c;
+    RETURN format($body$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO semsearch.queue (index_id, keys)
+        SELECT %1$s, array_agg(%2$s) FROM new_rows n HAVING count(*) > 0;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO semsearch.queue (index_id, keys)
+        SELECT %1$s, array_agg(CASE WHEN n.%3$I IS NULL THEN %4$s ELSE %2$s END)
+          FROM new_rows n FULL JOIN old_rows o ON %5$s
+         WHERE n.%3$I IS NULL OR o.%3$I IS NULL OR ROW(%6$s) IS DISTINCT FROM ROW(%7$s)
+        HAVING count(*) > 0;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO semsearch.queue (index_id, keys)
+        SELECT %1$s, array_agg(%4$s) FROM old_rows o HAVING count(*) > 0;
+    ELSE -- TRUNCATE: nothing left to embed or to serve
+        DELETE FROM semsearch.queue WHERE index_id = %1$s;
+        DELETE FROM semsearch.failures WHERE index_id = %1$s;
+        TRUNCATE semsearch.%8$I;
+        RETURN NULL;
+    END IF;
+    IF FOUND THEN
+        PERFORM pg_notify('semsearch', '%1$s');
+    END IF;
+    RETURN NULL;
+END $body$, ix.id, semsearch.key_text_sql(ix, 'n'), first_key, semsearch.key_text_sql(ix, 'o'),
+            join_on, new_cols, old_cols, ix.store_table);
+END $fn$;
+
+-- Run DDL that locks an application table, with a lock timeout and an error that names the table:
+-- semsearch never waits forever behind an open transaction while every writer queues behind it.
+CREATE OR REPLACE FUNCTION semsearch.run_on_source(ix semsearch.indexes, statement text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    previous text := current_setting('lock_timeout');
+BEGIN
+    PERFORM set_config('lock_timeout', {{ddl_lock_timeout}}, true);
+    BEGIN
+        EXECUTE statement;
+    EXCEPTION WHEN lock_not_available THEN
+        PERFORM set_config('lock_timeout', previous, true);
+        RAISE EXCEPTION 'semsearch could not lock table % for index "%" within %: another transaction is using it',
+            ix.source, ix.name, {{ddl_lock_timeout}}
+            USING ERRCODE = 'lock_not_available',
+                  HINT = format('Let that transaction finish (see SELECT pid, state, xact_start, query FROM pg_stat_activity '
+                                'WHERE pid = ANY(SELECT pid FROM pg_locks WHERE relation = %L::regclass)), then run this again.',
+                                ix.source::text);
+    END;
+    PERFORM set_config('lock_timeout', previous, true);
+END $$;
+
+-- Install (or update) an index's trigger function and its four triggers. Replaces the function only
+-- when its text changed and creates only missing triggers, so re-running it takes no table lock.
+CREATE OR REPLACE FUNCTION semsearch.install_triggers(ix semsearch.indexes)
+RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+    fn       name := 'enqueue_' || ix.name;
+    body     text := semsearch.trigger_body(ix);
+    op       text;
+    trigger  name;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'semsearch'::regnamespace
+                   AND p.proname = fn AND p.prosrc = body) THEN
+        EXECUTE format('CREATE OR REPLACE FUNCTION semsearch.%I() RETURNS trigger LANGUAGE plpgsql AS %L', fn, body);
+    END IF;
+    FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+        trigger := 'semsearch_' || ix.name || '_' || op;
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = ix.source AND t.tgname = trigger);
+        PERFORM semsearch.run_on_source(ix, format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION semsearch.%I()',
+            trigger, upper(op), ix.source,
+            CASE op WHEN 'insert' THEN 'REFERENCING NEW TABLE AS new_rows'
+                    WHEN 'update' THEN 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows'
+                    WHEN 'delete' THEN 'REFERENCING OLD TABLE AS old_rows'
+                    ELSE '' END,
+            fn));
+    END LOOP;
+END $fn$;
+
+-- Ask for every row of the source table (or those matching filter, a SQL condition) to be queued.
+-- The rows are queued later by semsearch.backfill_step, in short transactions: nothing here scans
+-- the table, so DDL that calls this holds its locks only briefly.
+CREATE OR REPLACE FUNCTION semsearch.request_backfill(index_name text, filter text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE semsearch.indexes i
+       SET backfill_pending = true, backfill_after = NULL, backfill_filter = filter
+     WHERE i.id = (semsearch.lookup_index(index_name)).id;
+    PERFORM pg_notify('semsearch', 'backfill');
+END $$;
+
+-- Queue the next step_rows keys of a requested backfill, in key order. Returns how many were queued:
+-- 0 when the table is done (the request is then cleared), NULL when no backfill is requested.
+-- Workers call it; `semsearch backfill` calls it with a progress bar. Run it in its own short
+-- transaction: it locks the registry row, so concurrent callers take turns.
+CREATE OR REPLACE FUNCTION semsearch.backfill_step(index_name text, step_rows integer DEFAULT 1000)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    ix   semsearch.indexes;
+    n    integer;
+    last text;
+BEGIN
+    SELECT * INTO ix FROM semsearch.indexes i WHERE i.name = index_name AND i.backfill_pending FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format(
+        'WITH batch AS (SELECT k, row_number() OVER () AS o FROM ( '
+        '                 SELECT %1$s AS k FROM %2$s t WHERE ($1::text IS NULL OR (%3$s) > (%4$s)) AND (%5$s) '
+        '                  ORDER BY %3$s LIMIT $2) s), '
+        '     keys AS (SELECT array_agg(k ORDER BY o) AS ks FROM batch), '
+        '     queued AS (INSERT INTO semsearch.queue (index_id, keys) SELECT %6$s, ks FROM keys WHERE ks IS NOT NULL) '
+        'SELECT coalesce(cardinality(ks), 0), ks[cardinality(ks)] FROM keys',
+        semsearch.key_text_sql(ix, 't'), ix.source, semsearch.key_columns_sql(ix, 't'),
+        semsearch.key_values_sql(ix, '$1'), coalesce(ix.backfill_filter, 'true'), ix.id)
+        INTO n, last USING ix.backfill_after, step_rows;
+    IF n = 0 THEN
+        UPDATE semsearch.indexes i SET backfill_pending = false, backfill_after = NULL, backfill_filter = NULL
+         WHERE i.id = ix.id;
+    ELSE
+        UPDATE semsearch.indexes i SET backfill_after = last WHERE i.id = ix.id;
+        PERFORM pg_notify('semsearch', ix.id::text);
+    END IF;
+    RETURN n;
+END $$;

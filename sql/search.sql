@@ -1,0 +1,128 @@
+-- Search functions: the semantic arm (HNSW), the keyword arm (tsvector + GIN) and their fusion.
+-- The ORM's queries call these same functions, so ORM and raw-SQL users run the same search SQL.
+
+-- OR-semantics keyword query: every lexeme of a natural-language question may match, ranking decides.
+-- (websearch_to_tsquery ANDs all words, so long questions find nothing.) NULL when the text has no
+-- lexemes (only stop words or punctuation): it then matches nothing, without an empty-query NOTICE.
+CREATE OR REPLACE FUNCTION semsearch.or_query(config regconfig, query_text text)
+RETURNS tsquery LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery
+    FROM unnest(tsvector_to_array(to_tsvector(config, coalesce(query_text, '')))) AS lexeme
+$$;
+
+CREATE OR REPLACE FUNCTION semsearch.distance_operator(distance text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE distance WHEN 'cosine' THEN '<=>' WHEN 'l2' THEN '<->' WHEN 'inner_product' THEN '<#>' END
+$$;
+
+-- A query vector must exist and match the index: otherwise every distance is NULL and the "results"
+-- would be arbitrary rows.
+CREATE OR REPLACE FUNCTION semsearch.check_query_vector(ix semsearch.indexes, query_embedding vector)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF query_embedding IS NULL THEN
+        RAISE EXCEPTION 'semsearch index "%": the query embedding is NULL', ix.name
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = format('Pass the query''s embedding by model %s (%s dimensions).', ix.model, ix.dimensions);
+    END IF;
+    IF vector_dims(query_embedding) <> ix.dimensions THEN
+        RAISE EXCEPTION 'semsearch index "%" holds % dimensions, the query embedding has %',
+            ix.name, ix.dimensions, vector_dims(query_embedding)
+            USING ERRCODE = 'data_exception',
+                  HINT = format('Embed the query with the index''s model, %s.', ix.model);
+    END IF;
+END $$;
+
+-- The query text of each search arm, shared by the search functions and semsearch.explain.
+-- $1 = query text or embedding, $2 = number of candidates.
+CREATE OR REPLACE FUNCTION semsearch.arm_sql(ix semsearch.indexes, arm text)
+RETURNS text LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    op text := semsearch.distance_operator(ix.distance);
+    score text := CASE ix.distance WHEN 'cosine' THEN '1 - min(d)' ELSE '-min(d)' END;
+BEGIN
+    IF arm = 'semantic' THEN
+        -- ORDER BY distance LIMIT on the bare store table: the shape that uses HNSW.
+        -- Then best chunk per document.
+        RETURN format('SELECT key, (%s)::float8 AS score, row_number() OVER (ORDER BY min(d))::integer AS rank '
+                      'FROM (SELECT key, embedding %s $1 AS d FROM semsearch.%I ORDER BY embedding %s $1 LIMIT semsearch.chunk_rows($2)) c '
+                      'GROUP BY key ORDER BY min(d) LIMIT $2',
+                      score, op, ix.store_table, op);
+    ELSIF arm = 'keyword' THEN
+        RETURN format('SELECT key, max(r)::float8 AS score, row_number() OVER (ORDER BY max(r) DESC)::integer AS rank '
+                      'FROM (SELECT s.key, ts_rank(s.tsv, q) AS r FROM semsearch.%I s, '
+                      'semsearch.or_query(%L::regconfig, $1) q WHERE s.tsv @@ q) c '
+                      'GROUP BY key ORDER BY max(r) DESC LIMIT $2',
+                      ix.store_table, ix.ts_config::text);
+    END IF;
+    RAISE EXCEPTION 'unknown search arm "%"', arm USING HINT = 'Use semantic or keyword.';
+END $$;
+
+-- Chunk rows the semantic arm reads to find `candidates` distinct documents.
+CREATE OR REPLACE FUNCTION semsearch.chunk_rows(candidates integer)
+RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT candidates * 3 $$;
+
+-- HNSW returns at most ef_search rows: raise it (for this transaction) to cover the chunk rows read.
+CREATE OR REPLACE FUNCTION semsearch.cover_ef_search(candidates integer)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF coalesce(current_setting('hnsw.ef_search', true), '40')::integer < semsearch.chunk_rows(candidates) THEN
+        PERFORM set_config('hnsw.ef_search', least(semsearch.chunk_rows(candidates), 1000)::text, true);
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION semsearch.semantic_search(
+    index_name text, query_embedding vector, match_count integer DEFAULT 10)
+RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql AS $$
+DECLARE
+    ix semsearch.indexes := semsearch.lookup_index(index_name);
+BEGIN
+    PERFORM semsearch.check_query_vector(ix, query_embedding);
+    PERFORM semsearch.cover_ef_search(match_count);
+    RETURN QUERY EXECUTE semsearch.arm_sql(ix, 'semantic') USING query_embedding, match_count;
+END $$;
+
+CREATE OR REPLACE FUNCTION semsearch.keyword_search(
+    index_name text, query_text text, match_count integer DEFAULT 10)
+RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY EXECUTE semsearch.arm_sql(semsearch.lookup_index(index_name), 'keyword')
+        USING query_text, match_count;
+END $$;
+
+-- Hybrid search: reciprocal rank fusion, score = sum over arms of weight / (rrf_k + rank).
+CREATE OR REPLACE FUNCTION semsearch.hybrid_search(
+    index_name text, query_text text, query_embedding vector, match_count integer DEFAULT 10,
+    candidates integer DEFAULT NULL, rrf_k integer DEFAULT 60,
+    semantic_weight float8 DEFAULT 1.0, keyword_weight float8 DEFAULT 1.0)
+RETURNS TABLE (key text, score float8, semantic_rank integer, keyword_rank integer) LANGUAGE plpgsql AS $$
+DECLARE
+    ix semsearch.indexes := semsearch.lookup_index(index_name);
+    n  integer := greatest(coalesce(candidates, {{candidates}}), match_count);  -- each arm's depth
+BEGIN
+    PERFORM semsearch.check_query_vector(ix, query_embedding);
+    PERFORM semsearch.cover_ef_search(n);
+    RETURN QUERY EXECUTE format(
+        'WITH s AS (%s), k AS (%s) '
+        'SELECT coalesce(s.key, k.key), '
+        '       (coalesce($4 / ($3 + s.rank), 0) + coalesce($5 / ($3 + k.rank), 0))::float8, s.rank, k.rank '
+        'FROM s FULL JOIN k ON s.key = k.key ORDER BY 2 DESC, 1 LIMIT $6',
+        replace(semsearch.arm_sql(ix, 'semantic'), '$1', '$7'), semsearch.arm_sql(ix, 'keyword'))
+        USING query_text, n, rrf_k::float8, semantic_weight, keyword_weight, match_count, query_embedding;
+END $$;
+
+-- EXPLAIN one search arm exactly as the search functions run it.
+CREATE OR REPLACE FUNCTION semsearch.explain(
+    index_name text, arm text, query_text text, query_embedding vector, candidates integer DEFAULT 10)
+RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    ix semsearch.indexes := semsearch.lookup_index(index_name);
+BEGIN
+    PERFORM semsearch.cover_ef_search(candidates);
+    IF arm = 'semantic' THEN
+        PERFORM semsearch.check_query_vector(ix, query_embedding);
+        RETURN QUERY EXECUTE 'EXPLAIN ' || semsearch.arm_sql(ix, arm) USING query_embedding, candidates;
+    ELSE
+        RETURN QUERY EXECUTE 'EXPLAIN ' || semsearch.arm_sql(ix, arm) USING query_text, candidates;
+    END IF;
+END $$;

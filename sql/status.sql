@@ -1,0 +1,29 @@
+-- One row per index: what the worker has left to do, is doing, has done and could not do.
+-- in_flight counts keys a worker holds right now (its per-key advisory locks).
+CREATE OR REPLACE FUNCTION semsearch.index_status()
+RETURNS TABLE (index_name text, source_table text, model text, pending bigint, in_flight bigint, failed bigint,
+               oldest_pending_age interval, embedded_last_minute bigint, documents bigint,
+               backfilling boolean)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    ix semsearch.indexes;
+BEGIN
+    FOR ix IN SELECT * FROM semsearch.indexes ORDER BY id LOOP
+        index_name := ix.name;
+        source_table := ix.source::text;
+        model := ix.model;
+        SELECT count(DISTINCT k), now() - min(q.queued_at) INTO pending, oldest_pending_age
+          FROM semsearch.queue q, unnest(q.keys) k WHERE q.index_id = ix.id;
+        backfilling := ix.backfill_pending;
+        SELECT count(*) INTO in_flight FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid = ix.id::oid
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
+        SELECT count(*) INTO failed FROM semsearch.failures f WHERE f.index_id = ix.id;
+        EXECUTE format('SELECT count(DISTINCT key) FILTER (WHERE embedded_at > now() - interval ''1 minute''), '
+                       'count(DISTINCT key) FROM semsearch.%I', ix.store_table)
+           INTO embedded_last_minute, documents;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE VIEW semsearch.status AS SELECT * FROM semsearch.index_status();
