@@ -15,6 +15,20 @@ def _url(args) -> str:
     return libpq_url(args.url) if args.url else database_url()
 
 
+def _connect_installed(args):
+    """A connection to a database that has semsearch, or an error that says what to run."""
+    from .database import connect
+    from .schema import require_installed
+
+    conn = connect(_url(args))
+    try:
+        require_installed(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def cmd_install(args) -> None:
     from sqlalchemy import create_engine
 
@@ -57,6 +71,7 @@ def run_worker(worker, drain: bool, show_progress: bool) -> None:
                                  ).fetchone()[0]
         progress = Progress(total, "embedding")
         worker.on_progress = progress.advance
+        worker.on_queued = progress.grow  # rows a backfill queues while we run
     try:
         worker.run(drain=drain)
     finally:
@@ -65,11 +80,7 @@ def run_worker(worker, drain: bool, show_progress: bool) -> None:
 
 
 def cmd_status(args) -> None:
-    from .database import connect
-    from .schema import require_installed
-
-    with connect(_url(args)) as conn:
-        require_installed(conn)
+    with _connect_installed(args) as conn:
         rows = conn.execute(
             "SELECT index_name, source_table, model, documents, pending, in_flight, failed, "
             "oldest_pending_age, embedded_last_minute FROM semsearch.status"
@@ -97,10 +108,9 @@ def cmd_search(args) -> None:
     from pgvector.psycopg import register_vector
     from psycopg import sql
 
-    from .database import connect
     from .embedder import get_embedder
 
-    with connect(_url(args)) as conn:
+    with _connect_installed(args) as conn:
         register_vector(conn)
         model, store = conn.execute(
             "SELECT model, store_table FROM semsearch.lookup_index(%s)", (args.index,)).fetchone()
@@ -126,10 +136,9 @@ def cmd_search(args) -> None:
 def cmd_backfill(args) -> None:
     from psycopg import sql
 
-    from .database import connect
     from .progress import Progress
 
-    with connect(_url(args)) as conn:
+    with _connect_installed(args) as conn:
         source = conn.execute("SELECT source::text FROM semsearch.lookup_index(%s)", (args.index,)).fetchone()[0]
         conn.execute("SELECT semsearch.request_backfill(%s, %s)", (args.index, args.where))
         conn.commit()
@@ -148,9 +157,8 @@ def cmd_backfill(args) -> None:
 
 
 def cmd_retry_failed(args) -> None:
-    from .database import connect
 
-    with connect(_url(args)) as conn:
+    with _connect_installed(args) as conn:
         n = conn.execute(
             """WITH moved AS (
                    DELETE FROM semsearch.failures f USING semsearch.indexes i

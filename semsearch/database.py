@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from .errors import DatabaseUnavailable, PgvectorMissing
+from .errors import DatabaseUnavailable
 
 _embedded_servers: dict[Path, object] = {}
 

@@ -23,7 +23,7 @@ from alembic.operations import MigrateOperation, Operations
 from alembic.util import DispatchPriority
 from sqlalchemy import text
 
-from .ddl import AlterSearchIndex, CreateSearchIndex, DropSearchIndex, install_steps
+from .ddl import AlterSearchIndex, DropSearchIndex, install_steps
 from .declaration import IndexDefinition, declared_indexes
 from .options import ALTERABLE, IndexOptions
 

@@ -29,6 +29,11 @@ class Progress:
                 self._last_line = now
                 self._show(now)
 
+    def grow(self, n: int) -> None:
+        """More work turned up (a backfill queued rows): the total stays true."""
+        with self._lock:
+            self.total += n
+
     def _show(self, now: float) -> None:
         elapsed = max(now - self.started, 1e-9)
         rate = self.done / elapsed

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,6 +87,7 @@ class Worker:
         max_chunks: int = 1000,
         embedder_factory: Callable[[str], Embedder] = get_embedder,
         on_progress: Callable[[int], None] | None = None,
+        on_queued: Callable[[int], None] | None = None,
     ):
         self.url = url or database_url()
         self.index_names = indexes
@@ -98,7 +98,8 @@ class Worker:
         self.retry_base_seconds = retry_base_seconds
         self.max_chunks = max_chunks
         self.embedder_factory = embedder_factory
-        self.on_progress = on_progress
+        self.on_progress = on_progress  # called with the number of keys each batch settled
+        self.on_queued = on_queued  # called with the number of keys each backfill step queued
         self._stop = threading.Event()
         self._wake = threading.Condition()
         self._generation = 0
@@ -168,7 +169,6 @@ class Worker:
             try:
                 with connect(self.url) as conn:
                     conn.row_factory = namedtuple_row
-                    register_vector(conn)
                     # Safe to skip the WAL flush wait: the store write and the queue delete commit
                     # together, so a crash can only undo both and the batch is simply redone.
                     conn.execute("SET synchronous_commit = off")
@@ -176,6 +176,7 @@ class Worker:
                     backoff, connected_once = 0.5, True
                     if not self._wait_for_schema(conn, drain):
                         return
+                    register_vector(conn)  # the vector type exists once semsearch is installed
                     if self._work(conn, drain):
                         return
             except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
@@ -255,6 +256,8 @@ class Worker:
                 conn.commit()
                 if not queued:
                     break
+                if self.on_queued:
+                    self.on_queued(queued)
                 log.info("backfill of %s: queued %d more rows", ix.name, queued)
 
     @staticmethod

