@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU torch first, so sentence-transformers never pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[model,embedded,async,test]'
+	$(BIN)/pip install --quiet -e '.[model,embedded,async,web,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -26,6 +26,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/worker_throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/freshness.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/trigger_overhead.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/async_search.py
 
 clean:
 	rm -rf $(VENV)

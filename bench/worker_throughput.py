@@ -16,7 +16,7 @@ import psycopg
 from sqlalchemy import create_engine
 
 from common import corpus, scratch_database
-from semsearch import IndexDefinition, Worker, install
+from semsearch import IndexDefinition, IndexOptions, Worker, install
 from semsearch.database import sqlalchemy_url
 from semsearch.embedder import get_embedder
 
@@ -34,7 +34,7 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
             with create_engine(sqlalchemy_url(url)).begin() as c:
-                IndexDefinition("docs_search", "docs", ["body"], chunk_overlap=0).create(c)
+                IndexDefinition("docs_search", "docs", ["body"], options=IndexOptions(chunk_overlap=0)).create(c)
             with conn.cursor().copy("COPY docs FROM STDIN") as copy:
                 for i, text in enumerate(texts):
                     copy.write_row((i, text))

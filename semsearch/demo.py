@@ -53,27 +53,28 @@ class Doc(DemoBase):
 def stdlib_docstrings(limit: int) -> list[dict]:
     """Docstrings of public stdlib modules, classes and functions, modules first."""
     modules, members = [], []
-    for module_name in sorted(sys.stdlib_module_names):
-        if module_name.startswith("_") or module_name in SKIP:
-            continue
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                module = importlib.import_module(module_name)
-        except Exception:
-            continue
-        doc = inspect.getdoc(module)
-        if doc and len(doc) > 40:
-            modules.append({"name": module_name, "kind": "module", "doc": doc})
-        for attr, obj in sorted(vars(module).items()):
-            if attr.startswith("_") or getattr(obj, "__module__", None) != module_name:
+    with warnings.catch_warnings():  # importing and reading deprecated modules warns
+        warnings.simplefilter("ignore")
+        for module_name in sorted(sys.stdlib_module_names):
+            if module_name.startswith("_") or module_name in SKIP:
                 continue
-            if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.isbuiltin(obj)):
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    module = importlib.import_module(module_name)
+            except Exception:
                 continue
-            doc = inspect.getdoc(obj)
+            doc = inspect.getdoc(module)
             if doc and len(doc) > 40:
-                members.append({"name": f"{module_name}.{attr}", "kind": "class" if inspect.isclass(obj)
-                                else "function", "doc": doc})
+                modules.append({"name": module_name, "kind": "module", "doc": doc})
+            for attr, obj in sorted(vars(module).items()):
+                if attr.startswith("_") or getattr(obj, "__module__", None) != module_name:
+                    continue
+                if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.isbuiltin(obj)):
+                    continue
+                doc = inspect.getdoc(obj)
+                if doc and len(doc) > 40:
+                    members.append({"name": f"{module_name}.{attr}", "kind": "class" if inspect.isclass(obj)
+                                    else "function", "doc": doc})
     docs = (modules + members)[:limit]
     for i, d in enumerate(docs, 1):
         d["id"] = i

@@ -221,6 +221,10 @@ class Worker:
     def _work(self, conn: psycopg.Connection, drain: bool) -> bool:
         """Process batches until stopped; returns True when drained."""
         indexes = None
+        waiting = False
+        conn.execute("DELETE FROM semsearch.listeners l WHERE NOT EXISTS "
+                     "(SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.pid)")  # left by killed workers
+        conn.commit()
         while not self._stop.is_set():
             seen = self._generation
             if indexes is None:  # (re)read the registry when idle, not on every batch
@@ -235,7 +239,13 @@ class Worker:
                 self._sleep(0.5)
                 continue
             if done:
+                if waiting:
+                    waiting = self._set_waiting(conn, False)
                 continue
+            if not waiting:
+                # Announce before looking at the queue once more: a write that commits after this
+                # look sees us waiting and NOTIFYs; writes while we are busy skip the NOTIFY.
+                waiting = self._set_waiting(conn, True)
             pending, next_due = self._pending(conn, indexes)
             indexes = None
             if drain and not pending:
@@ -247,6 +257,17 @@ class Worker:
             else:
                 self._sleep(min(next_due, self.poll_interval) if pending else self.poll_interval, seen)
         return False
+
+    @staticmethod
+    def _set_waiting(conn: psycopg.Connection, waiting: bool) -> bool:
+        """Tell writers whether this lane waits for a NOTIFY. Each NOTIFY serialises the writer's
+        commit with every other notifying commit, so the triggers send one only when a worker waits."""
+        if waiting:
+            conn.execute("INSERT INTO semsearch.listeners (pid) VALUES (pg_backend_pid()) ON CONFLICT DO NOTHING")
+        else:
+            conn.execute("DELETE FROM semsearch.listeners WHERE pid = pg_backend_pid()")
+        conn.commit()
+        return waiting
 
     def _backfill(self, conn: psycopg.Connection, indexes: list[IndexSpec]) -> None:
         """Queue the rows of requested backfills, a short transaction per step."""

@@ -63,4 +63,12 @@ CREATE TABLE IF NOT EXISTS semsearch.failures (
     PRIMARY KEY (index_id, key)
 );
 
+-- Worker connections waiting for work. The triggers NOTIFY only while one waits: PostgreSQL serialises
+-- the commits of notifying transactions, which concurrent writers would otherwise pay for on every write.
+-- Unlogged: after a crash it is empty, and a busy worker polls the queue anyway.
+CREATE UNLOGGED TABLE IF NOT EXISTS semsearch.listeners (
+    pid         integer PRIMARY KEY,
+    since       timestamptz NOT NULL DEFAULT now()
+);
+
 INSERT INTO semsearch.schema_version (version) VALUES ('0001') ON CONFLICT DO NOTHING;

@@ -34,7 +34,7 @@ BEGIN
         TRUNCATE semsearch.%8$I;
         RETURN NULL;
     END IF;
-    IF FOUND THEN
+    IF FOUND AND EXISTS (SELECT 1 FROM semsearch.listeners) THEN  -- a worker waits: wake it
         PERFORM pg_notify('semsearch', '%1$s');
     END IF;
     RETURN NULL;

@@ -8,7 +8,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import create_engine
 

@@ -1,0 +1,81 @@
+"""A server-rendered search page over the demo's documents: FastAPI, async SQLAlchemy, Jinja2.
+
+Fill the database with `make demo`, then, from the repository root:
+
+    .venv/bin/uvicorn examples.webapp.app:app
+
+It serves whatever database `semsearch demo` used (SEMSEARCH_DATABASE_URL, DATABASE_URL, or the
+embedded server).
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import URL, inspect, make_url
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+import semsearch
+from semsearch.database import database_url, sqlalchemy_url
+from semsearch.demo import Doc
+
+Mode = Literal["hybrid", "semantic", "keyword"]
+MODES: tuple[Mode, ...] = ("hybrid", "semantic", "keyword")
+RESULTS_PER_PAGE = 10
+SNIPPET_CHARS = 200
+
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+def async_url(url: str) -> URL:
+    """The database URL with SQLAlchemy's async psycopg driver; its query (the embedded server's
+    socket directory) is kept."""
+    return make_url(sqlalchemy_url(url)).set(drivername="postgresql+psycopg_async")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    engine = create_async_engine(async_url(database_url()))
+    async with engine.connect() as connection:
+        if not await connection.run_sync(lambda sync: inspect(sync).has_table(Doc.__tablename__)):
+            raise RuntimeError(f"{engine.url.render_as_string(hide_password=True)} has no demo data: "
+                               "run `make demo` first, it fills the database this app serves")
+    app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
+    # Loading the model takes seconds: pay it before the first request, off the event loop.
+    await semsearch.apreload()
+    yield
+    await engine.dispose()
+
+
+app = FastAPI(title="semsearch demo", lifespan=lifespan)
+
+
+async def search(request: Request, query: str, mode: Mode) -> list[tuple[Doc, float]]:
+    builders = {"hybrid": Doc.search.ahybrid, "semantic": Doc.search.asemantic,
+                "keyword": Doc.search.akeyword}
+    stmt = await builders[mode](query, limit=RESULTS_PER_PAGE)
+    async with request.app.state.sessions() as session:
+        return (await session.execute(stmt)).all()
+
+
+def snippet(text: str) -> str:
+    """The start of a docstring on one line, cut at a word boundary."""
+    flat = " ".join(text.split())
+    if len(flat) <= SNIPPET_CHARS:
+        return flat
+    return flat[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …"
+
+
+@app.get("/", response_class=HTMLResponse)
+async def search_page(request: Request, q: str = "", mode: Mode = "hybrid"):
+    query = q.strip()
+    results = await search(request, query, mode) if query else []
+    return templates.TemplateResponse(request, "search.html", {
+        "query": query, "mode": mode, "modes": MODES,
+        "results": [{"name": doc.name, "kind": doc.kind, "snippet": snippet(doc.doc), "score": score}
+                    for doc, score in results],
+    })
