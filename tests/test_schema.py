@@ -60,3 +60,17 @@ def test_cli_install_and_help(db_url):
         out = subprocess.run([sys.executable, "-m", "semsearch.cli", command, "--help"],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "usage: semsearch" in out.stdout, command
+
+
+def test_sql_defaults_are_the_python_defaults(engine, conn):
+    """One source of truth: an index made from SQL with no options gets IndexOptions' defaults."""
+    from semsearch import IndexOptions
+
+    install(engine)
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT semsearch.create_index('notes_search', 'notes', ARRAY['body'], 'all-MiniLM-L6-v2', 384)")
+    row = conn.execute("SELECT distance, ts_config::text, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction "
+                       "FROM semsearch.indexes").fetchone()
+    defaults = IndexOptions()
+    assert row == (defaults.distance, defaults.ts_config, defaults.chunk_tokens, defaults.chunk_overlap,
+                   defaults.hnsw_m, defaults.hnsw_ef_construction)
