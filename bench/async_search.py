@@ -16,7 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from common import corpus, scratch_database
 from semsearch import SearchIndex, Worker, preload
-from semsearch.database import sqlalchemy_url
+from semsearch.database import async_sqlalchemy_url, sqlalchemy_url
 
 DOCS = 300
 CONCURRENT = 5
@@ -86,7 +86,7 @@ def main() -> None:
         preload()
 
         async def run():
-            aengine = create_async_engine("postgresql+psycopg_async://" + url.split("://", 1)[1],
+            aengine = create_async_engine(async_sqlalchemy_url(url),
                                           pool_size=CONCURRENT)
             await measure(aengine, async_builder)  # warm the pool and the plans
             sync_stall, sync_wall = await measure(aengine, sync_builder)

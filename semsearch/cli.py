@@ -83,7 +83,7 @@ def cmd_status(args) -> None:
     with _connect_installed(args) as conn:
         rows = conn.execute(
             "SELECT index_name, source_table, model, documents, pending, in_flight, failed, "
-            "oldest_pending_age, embedded_last_minute FROM semsearch.status"
+            "oldest_pending_age, embedded_last_minute, backfilling, problem FROM semsearch.status"
         ).fetchall()
         failures = conn.execute(
             """SELECT i.name, f.key, f.attempts, f.error FROM semsearch.failures f
@@ -93,11 +93,18 @@ def cmd_status(args) -> None:
         print("no semsearch indexes (declare a SearchIndex and run create_all, or semsearch.create_index)")
         return
     header = ("index", "table", "model", "documents", "pending", "in flight", "failed", "oldest pending",
-              "embedded/min")
-    table = [header] + [tuple(str(v if v is not None else "-") for v in r) for r in rows]
+              "embedded/min", "backfill")
+    # A requested backfill is queued by a running worker: until then its rows are not counted as pending.
+    table = [header] + [tuple(str(v if v is not None else "-") for v in r[:9]) + ("waiting for a worker"
+                                                                               if r[9] else "-",) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    problems = [(r[0], r[10]) for r in rows if r[10]]
+    if problems:
+        print("\nindexes the workers cannot serve (their work waits):")
+        for name, problem in problems:
+            print(f"  {name}: {problem}")
     if failures:
         print("\nrecent failures (semsearch retry-failed requeues them):")
         for name, key, attempts, error in failures:
@@ -243,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, psycopg.Error):
             diag = getattr(exc, "diag", None)
+            message = (diag.message_primary if diag is not None and diag.message_primary else str(exc)).strip()
             hint = f"\nhint: {diag.message_hint}" if diag is not None and diag.message_hint else ""
-            print(f"semsearch: database error: {str(exc).strip()}{hint}", file=sys.stderr)
+            print(f"semsearch: database error: {message}{hint}", file=sys.stderr)
             return 2
         raise
     return 0

@@ -27,6 +27,11 @@ def sqlalchemy_url(url: str) -> str:
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
 
 
+def async_sqlalchemy_url(url: str) -> str:
+    """The URL as SQLAlchemy's asyncio wants it (create_async_engine, psycopg 3's async driver)."""
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg_async://", url)
+
+
 def redact(url: str) -> str:
     return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
 

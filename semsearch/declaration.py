@@ -77,7 +77,12 @@ class SearchIndex:
 
     @property
     def name(self) -> str:
-        return self._name or f"{self.table.name}_{self.attribute}".lower()
+        """name=, else <table>_<attribute> (<schema>_<table>_<attribute> for a table in a named schema)."""
+        if self._name:
+            return self._name
+        parts = [self.table.schema, self.table.name, self.attribute] if self.table.schema else \
+            [self.table.name, self.attribute]
+        return "_".join(parts).lower()
 
     @property
     def model(self) -> str:
@@ -90,6 +95,12 @@ class SearchIndex:
                              f"the table has {', '.join(self.table.c.keys())}")
         return IndexDefinition(self.name, self.table.name, self.columns, schema=self.table.schema,
                                options=self.options)
+
+    def embed_query(self, query: str):
+        """The query's embedding by this index's model (a numpy array), e.g. for the SQL functions."""
+        from .query import embed_query
+
+        return embed_query(self, query)
 
     # Queries (semsearch.query): each returns a Select of (Model, score); the a* twins embed the
     # query text in a worker thread, so an event loop never waits on the model.
@@ -147,8 +158,13 @@ def attach(metadata: MetaData, index: SearchIndex) -> None:
     if not indexes:
         event.listen(metadata, "after_create", _after_create)
         event.listen(metadata, "before_drop", _before_drop)
-    if index not in indexes:
-        indexes.append(index)
+    if index in indexes:
+        return
+    clash = next((other for other in indexes if other.name == index.name), None)
+    if clash is not None:
+        raise ValueError(f"two search indexes named {index.name!r} ({clash.model_class.__name__}.{clash.attribute} "
+                         f"and {index.model_class.__name__}.{index.attribute}): give one SearchIndex(..., name=...)")
+    indexes.append(index)
 
 
 def declared_indexes(metadata: MetaData) -> list[SearchIndex]:

@@ -40,8 +40,12 @@ class IndexOptions:
             raise ValueError("chunk_tokens must be at least 1 (or None for the model's window)")
         if self.chunk_overlap < 0:
             raise ValueError("chunk_overlap must be 0 or more")
-        if self.dimensions is None and self.model in KNOWN_DIMENSIONS:
-            object.__setattr__(self, "dimensions", KNOWN_DIMENSIONS[self.model])
+        known = KNOWN_DIMENSIONS.get(self.model)
+        if self.dimensions is None and known:
+            object.__setattr__(self, "dimensions", known)
+        elif known and self.dimensions != known:
+            raise ValueError(f"model {self.model!r} makes {known}-dimensional vectors, not {self.dimensions}: "
+                             "leave dimensions out for a known model")
 
     def with_dimensions(self) -> "IndexOptions":
         """These options with the model's dimensions filled in (loads the model only if it is unknown)."""
@@ -66,5 +70,8 @@ DDL_LOCK_TIMEOUT = "5s"        # longest wait for a lock on an application table
 
 def sql_defaults() -> dict:
     """The values the SQL files' {{placeholders}} stand for."""
-    options = {k: v for k, v in asdict(IndexOptions()).items() if k not in ("model", "dimensions")}
-    return {**options, "candidates": DEFAULT_CANDIDATES, "ddl_lock_timeout": DDL_LOCK_TIMEOUT}
+    import json
+
+    options = {k: v for k, v in asdict(IndexOptions()).items() if k != "dimensions"}
+    return {**options, "candidates": DEFAULT_CANDIDATES, "ddl_lock_timeout": DDL_LOCK_TIMEOUT,
+            "known_dimensions": json.dumps(KNOWN_DIMENSIONS)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -23,13 +24,14 @@ from pgvector.psycopg import register_vector
 from psycopg.rows import namedtuple_row
 
 from .database import connect, database_url
-from .errors import DatabaseUnavailable, SemsearchError
+from .errors import DatabaseUnavailable, ModelUnavailable, SemsearchError
 from .embedder import Embedder, content_hash, get_embedder
 from .schema import installed_version, require_installed
 
 log = logging.getLogger("semsearch.worker")
 
 NOTIFY_CHANNEL = "semsearch"
+UNUSABLE_RETRY_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,17 @@ class IndexSpec:
     table: str
     columns: tuple[str, ...]
     model: str
+    dimensions: int
     chunk_tokens: int | None
     chunk_overlap: int
     store_table: str
+    problem: str | None
 
 
 def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> list[IndexSpec]:
     rows = conn.execute(
         """SELECT i.id, i.name, n.nspname, c.relname, i.columns::text[],
-                  i.model, i.chunk_tokens, i.chunk_overlap, i.store_table
+                  i.model, i.dimensions, i.chunk_tokens, i.chunk_overlap, i.store_table, i.problem
              FROM semsearch.indexes i
              JOIN pg_class c ON c.oid = i.source
              JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -58,7 +62,12 @@ def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> li
             ORDER BY i.id""",
         {"names": names},
     ).fetchall()
-    return [IndexSpec(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+    return [IndexSpec(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8], r[9], r[10]) for r in rows]
+
+
+class IndexUnusable(SemsearchError):
+    """An index the worker cannot serve as declared (model missing, wrong dimensions): its work waits,
+    the other indexes go on."""
 
 
 @dataclass
@@ -106,6 +115,7 @@ class Worker:
         self._embedders: dict[str, Embedder] = {}
         self._embedders_lock = threading.Lock()
         self._errors: list[BaseException] = []
+        self._problems: dict[str, tuple[str, float]] = {}  # index name -> (why it is unusable, since)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -231,8 +241,14 @@ class Worker:
                 indexes = load_indexes(conn, self.index_names)
                 conn.commit()
                 self._backfill(conn, indexes)
+            usable = [ix for ix in indexes if not self._unusable(ix)]
             try:
-                done = sum(self.process_batch(conn, ix) for ix in indexes)
+                done = 0
+                for ix in usable:
+                    try:
+                        done += self.process_batch(conn, ix)
+                    except IndexUnusable as exc:
+                        self._report_unusable(conn, ix, exc)
             except psycopg.errors.UndefinedTable as exc:  # an index was dropped meanwhile
                 log.warning("re-reading the index registry: %s", str(exc).strip())
                 indexes = None
@@ -246,9 +262,12 @@ class Worker:
                 # Announce before looking at the queue once more: a write that commits after this
                 # look sees us waiting and NOTIFYs; writes while we are busy skip the NOTIFY.
                 waiting = self._set_waiting(conn, True)
-            pending, next_due = self._pending(conn, indexes)
+            pending, next_due = self._pending(conn, [ix for ix in indexes if not self._unusable(ix)])
             indexes = None
             if drain and not pending:
+                if self._problems:
+                    raise IndexUnusable("; ".join(f"{name}: {problem}" for name, (problem, _) in self._problems.items())
+                                        + "\nThe other indexes are done; fix these and run the worker again.")
                 return True
             if pending and next_due <= 0:
                 self._sleep(0.05)  # claimable work held by another lane or worker: look again soon
@@ -257,6 +276,26 @@ class Worker:
             else:
                 self._sleep(min(next_due, self.poll_interval) if pending else self.poll_interval, seen)
         return False
+
+    def _unusable(self, ix: IndexSpec) -> bool:
+        """An index that failed as a whole is retried once a minute, not on every batch."""
+        problem = self._problems.get(ix.name)
+        return problem is not None and time.monotonic() - problem[1] < UNUSABLE_RETRY_SECONDS
+
+    def _report_unusable(self, conn: psycopg.Connection, ix: IndexSpec, exc: Exception) -> None:
+        message = str(exc)
+        if self._problems.get(ix.name, (None,))[0] != message:
+            log.error("index %s cannot be served, its work waits (the other indexes go on): %s", ix.name, message)
+        self._problems[ix.name] = (message, time.monotonic())
+        conn.execute("UPDATE semsearch.indexes SET problem = %s WHERE id = %s", (message, ix.id))
+        conn.commit()
+
+    def _clear_problem(self, conn: psycopg.Connection, ix: IndexSpec) -> None:
+        if self._problems.pop(ix.name, None) is not None:
+            log.info("index %s is served again", ix.name)
+        elif ix.problem is None:
+            return
+        conn.execute("UPDATE semsearch.indexes SET problem = NULL WHERE id = %s", (ix.id,))
 
     @staticmethod
     def _set_waiting(conn: psycopg.Connection, waiting: bool) -> bool:
@@ -298,6 +337,18 @@ class Worker:
             if model not in self._embedders:
                 self._embedders[model] = self.embedder_factory(model)
             return self._embedders[model]
+
+    def _index_embedder(self, ix: IndexSpec) -> Embedder:
+        """The index's model, checked against the index: a mismatch is the index's problem, not a crash."""
+        try:
+            embedder = self.embedder(ix.model)
+        except ModelUnavailable as exc:
+            raise IndexUnusable(str(exc)) from exc
+        if embedder.dimensions != ix.dimensions:
+            raise IndexUnusable(f"model {ix.model!r} makes {embedder.dimensions}-dimensional vectors but the index "
+                                f"holds {ix.dimensions}: drop the index and create it with dimensions="
+                                f"{embedder.dimensions}")
+        return embedder
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -356,7 +407,8 @@ class Worker:
         return len(items)
 
     def _settle(self, conn: psycopg.Connection, ix: IndexSpec, items: list[Item]) -> None:
-        embedder = self.embedder(ix.model)
+        embedder = self._index_embedder(ix)
+        self._clear_problem(conn, ix)
         texts = self._read_source(conn, ix, [i.key for i in items])
         gone = [i.key for i in items if i.key not in texts]
         present = [i for i in items if i.key in texts]

@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS semsearch.indexes (
     -- in key order, resuming after backfill_after (a key in its queued text form).
     backfill_pending boolean NOT NULL DEFAULT false,
     backfill_after  text,
-    backfill_filter text
+    backfill_filter text,
+    -- Why workers cannot serve this index right now (its work waits; the other indexes go on).
+    problem         text
 );
 
 -- Work queue: one row per statement that changed indexed text, holding the changed keys, so a

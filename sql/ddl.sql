@@ -27,7 +27,9 @@ $$;
 CREATE OR REPLACE FUNCTION semsearch.build_hnsw(ix semsearch.indexes)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('DROP INDEX IF EXISTS semsearch.%I', ix.store_table || '_hnsw');
+    IF to_regclass(format('semsearch.%I', ix.store_table || '_hnsw')) IS NOT NULL THEN  -- (no NOTICE when absent)
+        EXECUTE format('DROP INDEX semsearch.%I', ix.store_table || '_hnsw');
+    END IF;
     EXECUTE format('CREATE INDEX %I ON semsearch.%I USING hnsw (embedding %s) WITH (m = %s, ef_construction = %s)',
                    ix.store_table || '_hnsw', ix.store_table, semsearch.hnsw_operator_class(ix.distance),
                    ix.hnsw_m, ix.hnsw_ef_construction);
@@ -37,7 +39,10 @@ END $$;
 CREATE OR REPLACE FUNCTION semsearch.build_keyword_column(ix semsearch.indexes)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('ALTER TABLE semsearch.%I DROP COLUMN IF EXISTS tsv', ix.store_table);
+    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = format('semsearch.%I', ix.store_table)::regclass
+               AND attname = 'tsv' AND NOT attisdropped) THEN
+        EXECUTE format('ALTER TABLE semsearch.%I DROP COLUMN tsv', ix.store_table);
+    END IF;
     EXECUTE format('ALTER TABLE semsearch.%I ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector(%L::regconfig, content)) STORED',
                    ix.store_table, ix.ts_config::text);
     EXECUTE format('CREATE INDEX %I ON semsearch.%I USING gin (tsv)', ix.store_table || '_gin', ix.store_table);
@@ -62,8 +67,8 @@ CREATE OR REPLACE FUNCTION semsearch.create_index(
     index_name      text,
     source          regclass,
     columns         text[],
-    model           text,
-    dimensions      integer,
+    model           text DEFAULT {{model}},
+    dimensions      integer DEFAULT NULL,  -- NULL: the model's, when semsearch knows it
     distance        text DEFAULT {{distance}},
     ts_config       regconfig DEFAULT {{ts_config}},
     chunk_tokens    integer DEFAULT {{chunk_tokens}},
@@ -75,12 +80,24 @@ DECLARE
     ix       semsearch.indexes;
     key_cols name[];
     col      text;
+    known    integer;
     changes  jsonb := '{}';
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('semsearch.ddl'));
     IF index_name !~ '^[a-z_][a-z0-9_]{0,39}$' THEN
         RAISE EXCEPTION 'invalid semsearch index name "%"', index_name
             USING HINT = 'Use 1-40 lowercase letters, digits or underscores, starting with a letter or underscore.';
+    END IF;
+    known := ({{known_dimensions}}::jsonb ->> model)::integer;
+    IF dimensions IS NULL THEN
+        dimensions := known;
+        IF dimensions IS NULL THEN
+            RAISE EXCEPTION 'semsearch index "%": give the dimensions of model %', index_name, model
+                USING HINT = 'Pass dimensions => N, the length of the vectors the model makes.';
+        END IF;
+    ELSIF dimensions <> known THEN
+        RAISE EXCEPTION 'semsearch index "%": model % makes %-dimensional vectors, not %', index_name, model, known, dimensions
+            USING HINT = 'Leave dimensions out (or NULL) for this model.';
     END IF;
     IF distance NOT IN ('cosine', 'l2', 'inner_product') THEN
         RAISE EXCEPTION 'unknown distance "%"', distance USING HINT = 'Use cosine, l2 or inner_product.';
@@ -182,7 +199,7 @@ BEGIN
     SELECT string_agg(k, ', ') INTO unknown FROM jsonb_object_keys(changes) k
      WHERE k NOT IN ('columns', 'ts_config', 'chunk_tokens', 'chunk_overlap', 'hnsw_m', 'hnsw_ef_construction');
     IF unknown IS NOT NULL THEN
-        RAISE EXCEPTION 'semsearch.alter_index cannot change %', unknown
+        RAISE EXCEPTION 'semsearch.alter_index: unknown or unchangeable option(s) %', unknown
             USING HINT = 'It changes columns, ts_config, chunk_tokens, chunk_overlap, hnsw_m and hnsw_ef_construction; '
                          'for another model, dimensions or distance drop the index and create it again.';
     END IF;

@@ -1,9 +1,19 @@
 -- One row per index: what the worker has left to do, is doing, has done and could not do.
 -- in_flight counts keys a worker holds right now (its per-key advisory locks).
+-- An installation made before a column was added to the status: drop and recreate.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure('semsearch.index_status()')
+               AND NOT 'problem' = ANY(proargnames)) THEN
+        DROP VIEW IF EXISTS semsearch.status;
+        DROP FUNCTION semsearch.index_status();
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION semsearch.index_status()
 RETURNS TABLE (index_name text, source_table text, model text, pending bigint, in_flight bigint, failed bigint,
                oldest_pending_age interval, embedded_last_minute bigint, documents bigint,
-               backfilling boolean)
+               backfilling boolean, problem text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     ix semsearch.indexes;
@@ -15,6 +25,7 @@ BEGIN
         SELECT count(DISTINCT k), now() - min(q.queued_at) INTO pending, oldest_pending_age
           FROM semsearch.queue q, unnest(q.keys) k WHERE q.index_id = ix.id;
         backfilling := ix.backfill_pending;
+        problem := ix.problem;
         SELECT count(*) INTO in_flight FROM pg_locks l
          WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid = ix.id::oid
            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());

@@ -9,12 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 import semsearch
 from semsearch import Worker
+from semsearch.database import async_sqlalchemy_url
 
 from .models import Article, Base
-
-
-def async_url(db_url: str) -> str:
-    return "postgresql+psycopg_async://" + db_url.split("://", 1)[1]
 
 
 ROWS = [
@@ -26,7 +23,7 @@ ROWS = [
 
 def test_async_engine_create_all_and_searches(db_url):
     async def main():
-        engine = create_async_engine(async_url(db_url))
+        engine = create_async_engine(async_sqlalchemy_url(db_url))
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
         async with AsyncSession(engine) as session:

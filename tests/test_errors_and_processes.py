@@ -124,3 +124,32 @@ def test_cli_backfill_queues_a_filtered_subset_in_steps(engine, conn, db_url, fa
     assert queue_keys(conn) == sorted(str(i) for i in range(1, 11))
     assert conn.execute("SELECT count(*), max(cardinality(keys)) FROM semsearch.queue").fetchone() == (3, 4)
     assert conn.execute("SELECT backfilling FROM semsearch.status").fetchone() == (False,)
+
+
+def test_an_index_the_worker_cannot_serve_does_not_stop_the_others(engine, db_url, conn, fake_embedder):
+    from semsearch import SemsearchError, Worker
+    from semsearch.errors import ModelUnavailable
+
+    Base.metadata.create_all(engine)
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT semsearch.create_index('notes_missing', 'notes', ARRAY['body'], 'no/such-model', 384)")
+    conn.execute("CREATE TABLE memos (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT semsearch.create_index('memos_wide', 'memos', ARRAY['body'], 'wide-model', 512)")
+    for table in ("articles (id, title, body, views)", "notes (id, body)", "memos (id, body)"):
+        values = "(1, 'a', 'b', 0)" if table.startswith("articles") else "(1, 'text')"
+        conn.execute(f"INSERT INTO {table} VALUES {values}")
+
+    def factory(model):
+        if model == "no/such-model":
+            raise ModelUnavailable("cannot load embedding model 'no/such-model'")
+        return fake_embedder(model)  # 384 dimensions, also for wide-model
+
+    with pytest.raises(SemsearchError) as info:
+        Worker(db_url, poll_interval=0.2, embedder_factory=factory).run(drain=True)
+    assert "notes_missing: cannot load embedding model" in str(info.value)
+    assert "memos_wide: model 'wide-model' makes 384-dimensional vectors but the index holds 512" in str(info.value)
+    assert store_rows(conn) == {"1": ["a\n\nb"]}  # the healthy index was served
+    assert conn.execute("SELECT count(*) FROM semsearch.failures").fetchone() == (0,)  # nothing blamed on rows
+    assert queue_keys(conn) == ["1", "1"]  # the unusable indexes' work waits
+    out = subprocess.run(CLI + ["status", "--url", db_url], capture_output=True, text=True, timeout=60)
+    assert "indexes the workers cannot serve" in out.stdout and "notes_missing: cannot load" in out.stdout, out.stdout

@@ -16,11 +16,11 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import URL, inspect, make_url
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 import semsearch
-from semsearch.database import database_url, sqlalchemy_url
+from semsearch.database import async_sqlalchemy_url, database_url
 from semsearch.demo import Doc
 
 Mode = Literal["hybrid", "semantic", "keyword"]
@@ -31,15 +31,9 @@ SNIPPET_CHARS = 200
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 
-def async_url(url: str) -> URL:
-    """The database URL with SQLAlchemy's async psycopg driver; its query (the embedded server's
-    socket directory) is kept."""
-    return make_url(sqlalchemy_url(url)).set(drivername="postgresql+psycopg_async")
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    engine = create_async_engine(async_url(database_url()))
+    engine = create_async_engine(async_sqlalchemy_url(database_url()))
     async with engine.connect() as connection:
         if not await connection.run_sync(lambda sync: inspect(sync).has_table(Doc.__tablename__)):
             raise RuntimeError(f"{engine.url.render_as_string(hide_password=True)} has no demo data: "
