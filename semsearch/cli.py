@@ -141,24 +141,17 @@ def cmd_search(args) -> None:
 
 
 def cmd_backfill(args) -> None:
-    from psycopg import sql
-
+    from .backfill import backfill_all, filtered_keys, queue_keys, table_rows
     from .progress import Progress
 
     with _connect_installed(args) as conn:
-        source = conn.execute("SELECT source::text FROM semsearch.lookup_index(%s)", (args.index,)).fetchone()[0]
-        conn.execute("SELECT semsearch.request_backfill(%s, %s)", (args.index, args.where))
-        conn.commit()
-        total = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
-            sql.SQL(source), sql.SQL(args.where or "true"))).fetchone()[0]
-        conn.commit()
-        progress = Progress(total, f"queueing {source}")
-        queued = 0
-        while (step := conn.execute("SELECT semsearch.backfill_step(%s, %s)", (args.index, args.step)).fetchone()[0]):
-            conn.commit()  # a short transaction per step: no long locks
-            queued += step
-            progress.advance(step)
-        conn.commit()
+        if args.where is not None:
+            keys = filtered_keys(conn, args.index, args.where)
+            progress = Progress(len(keys), f"queueing {args.index}")
+            queued = queue_keys(conn, args.index, keys, args.step, progress.advance)
+        else:
+            progress = Progress(table_rows(conn, args.index), f"queueing {args.index}")
+            queued = backfill_all(conn, args.index, args.step, progress.advance)
         progress.close()
     print(f"queued {queued} row(s) of index {args.index}; the worker embeds those whose text changed")
 
@@ -223,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("backfill", cmd_backfill, "(re-)queue an index's rows, all or those matching --where")
     p.add_argument("index")
-    p.add_argument("--where", help="SQL condition on the source table, e.g. \"id > 1000\"")
+    p.add_argument("--where", help="one SQL condition on the source table, e.g. \"id > 1000\" (run with your "
+                                  "rights when you call it; never stored)")
     p.add_argument("--step", type=int, default=1000, help="rows queued per transaction")
 
     p = add("retry-failed", cmd_retry_failed, "move failed items back to the queue")

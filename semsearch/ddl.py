@@ -19,7 +19,7 @@ _PACKAGE = Path(__file__).resolve().parent
 
 # Tables first, in version order; then the functions, each file needing only those before it.
 SCHEMA_FILES = ("0001_schema.sql",)
-FUNCTION_FILES = ("keys.sql", "queue.sql", "ddl.sql", "search.sql", "status.sql")
+FUNCTION_FILES = ("keys.sql", "queue.sql", "ddl.sql", "search.sql", "status.sql", "access.sql")
 
 
 def sql_dir() -> Path:
@@ -88,16 +88,16 @@ class LockInstall(SemsearchDDL):
         return "SELECT pg_advisory_xact_lock(hashtext('semsearch.install'))"
 
 
-class RefreshTriggers(SemsearchDDL):
-    """Bring every index's trigger function up to date; takes no lock when nothing changed."""
+class RefreshIndexes(SemsearchDDL):
+    """Follow schema changes and bring trigger functions up to date; takes no lock when nothing changed."""
 
     def sql(self) -> str:
-        return "SELECT semsearch.install_triggers(i) FROM semsearch.indexes i ORDER BY i.id"
+        return "SELECT semsearch.refresh_all()"
 
 
 def install_steps() -> list[SemsearchDDL]:
     """Everything `semsearch install` runs, in order."""
-    return ([LockInstall()] + [InstallStep(f) for f in SCHEMA_FILES + FUNCTION_FILES] + [RefreshTriggers()])
+    return ([LockInstall()] + [InstallStep(f) for f in SCHEMA_FILES + FUNCTION_FILES] + [RefreshIndexes()])
 
 
 def qualified_table(table: str, schema: str | None) -> str:

@@ -240,7 +240,8 @@ class Worker:
             if indexes is None:  # (re)read the registry when idle, not on every batch
                 indexes = load_indexes(conn, self.index_names)
                 conn.commit()
-                self._backfill(conn, indexes)
+                self._check_indexes(conn, indexes)
+                self._backfill(conn, [ix for ix in indexes if not self._unusable(ix)])
             usable = [ix for ix in indexes if not self._unusable(ix)]
             try:
                 done = 0
@@ -249,6 +250,11 @@ class Worker:
                         done += self.process_batch(conn, ix)
                     except IndexUnusable as exc:
                         self._report_unusable(conn, ix, exc)
+                    except psycopg.errors.LockNotAvailable:
+                        conn.rollback()  # the application holds the table (ALTER, TRUNCATE): next pass
+                    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedColumn) as exc:
+                        conn.rollback()  # the table changed under the index, or rights were taken away
+                        self._report_unusable(conn, ix, IndexUnusable(str(exc).strip()))
             except psycopg.errors.UndefinedTable as exc:  # an index was dropped meanwhile
                 log.warning("re-reading the index registry: %s", str(exc).strip())
                 indexes = None
@@ -276,6 +282,18 @@ class Worker:
             else:
                 self._sleep(min(next_due, self.poll_interval) if pending else self.poll_interval, seen)
         return False
+
+    def _check_indexes(self, conn: psycopg.Connection, indexes: list[IndexSpec]) -> None:
+        """Follow schema changes (semsearch.refresh_index) and make sure semsearch can read every row of
+        each table: rows it cannot see would look deleted, so such an index is refused, never emptied."""
+        for ix in indexes:
+            problem = conn.execute("SELECT coalesce(semsearch.refresh_index(%s), semsearch.source_visibility_problem(%s))",
+                                   (ix.id, ix.id)).fetchone()[0]
+            conn.commit()
+            if problem:
+                self._report_unusable(conn, ix, IndexUnusable(problem))
+            elif ix.name in self._problems and self._problems[ix.name][0].startswith("table changed"):
+                del self._problems[ix.name]
 
     def _unusable(self, ix: IndexSpec) -> bool:
         """An index that failed as a whole is retried once a minute, not on every batch."""
@@ -354,7 +372,11 @@ class Worker:
 
     def process_batch(self, conn: psycopg.Connection, ix: IndexSpec) -> int:
         """Claim and process up to batch_size queued keys; returns how many keys were settled."""
+        self._index_embedder(ix)  # load the model before claiming anything: claimed keys never wait for it
         with conn.transaction():
+            # Source table, then store, then queue rows: the order an application's TRUNCATE and drop_index
+            # take them in, so a worker never deadlocks with them.
+            conn.execute("SELECT semsearch.lock_for_batch(%s)", (ix.id,))
             claimed = conn.execute(
                 """SELECT id, keys, attempts, queued_at FROM semsearch.queue
                     WHERE index_id = %s AND run_after <= now()

@@ -20,6 +20,8 @@ CREATE TABLE IF NOT EXISTS semsearch.indexes (
     -- The source table's primary key, in key order (one or more columns of any type with a btree order).
     key_columns     name[] NOT NULL CHECK (cardinality(key_columns) > 0),
     columns         name[] NOT NULL CHECK (cardinality(columns) > 0),
+    -- The same columns by number: a renamed column is followed (semsearch.refresh_index).
+    column_attnums  int2[] NOT NULL,
     model           text NOT NULL,
     dimensions      integer NOT NULL CHECK (dimensions BETWEEN 1 AND 16000),
     distance        text NOT NULL CHECK (distance IN ('cosine', 'l2', 'inner_product')),
@@ -34,7 +36,6 @@ CREATE TABLE IF NOT EXISTS semsearch.indexes (
     -- in key order, resuming after backfill_after (a key in its queued text form).
     backfill_pending boolean NOT NULL DEFAULT false,
     backfill_after  text,
-    backfill_filter text,
     -- Why workers cannot serve this index right now (its work waits; the other indexes go on).
     problem         text
 );
@@ -63,6 +64,14 @@ CREATE TABLE IF NOT EXISTS semsearch.failures (
     first_queued_at  timestamptz NOT NULL,
     failed_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (index_id, key)
+);
+
+-- Roles given access with semsearch.grant_app_role / grant_worker_role: each new index's store gets
+-- their grants and policies too.
+CREATE TABLE IF NOT EXISTS semsearch.roles (
+    role        name NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('app', 'worker')),
+    PRIMARY KEY (role, kind)
 );
 
 -- Worker connections waiting for work. The triggers NOTIFY only while one waits: PostgreSQL serialises

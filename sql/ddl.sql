@@ -3,9 +3,10 @@
 -- drop_search_index (online or rendered by `alembic upgrade --sql`) and semsearch install call these.
 -- Defaults written as a name in double braces are filled in from semsearch.options when the schema is installed.
 
--- Look up a registry row by name, with an error that says what to do.
+-- Look up a registry row by name, with an error that says what to do. SECURITY DEFINER: application
+-- roles search without any right on the registry itself.
 CREATE OR REPLACE FUNCTION semsearch.lookup_index(index_name text)
-RETURNS semsearch.indexes LANGUAGE plpgsql STABLE AS $$
+RETURNS semsearch.indexes LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes;
 BEGIN
@@ -18,14 +19,111 @@ BEGIN
     RETURN ix;
 END $$;
 
-CREATE OR REPLACE FUNCTION semsearch.hnsw_operator_class(distance text)
-RETURNS text LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE distance WHEN 'cosine' THEN 'vector_cosine_ops' WHEN 'l2' THEN 'vector_l2_ops' ELSE 'vector_ip_ops' END
+-- The schema the vector extension lives in, quoted: every function pins search_path to pg_catalog, so
+-- vector's type, operators and operator classes are always named with it.
+CREATE OR REPLACE FUNCTION semsearch.vector_schema()
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+     WHERE e.extname = 'vector'
 $$;
+
+CREATE OR REPLACE FUNCTION semsearch.hnsw_operator_class(distance text)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT semsearch.vector_schema() || '.' ||
+           CASE distance WHEN 'cosine' THEN 'vector_cosine_ops' WHEN 'l2' THEN 'vector_l2_ops' ELSE 'vector_ip_ops' END
+$$;
+
+-- Column numbers of the given column names in a table (NULL when one is missing).
+CREATE OR REPLACE FUNCTION semsearch.column_numbers(source regclass, columns text[])
+RETURNS int2[] LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN count(a.attnum) = cardinality(columns) THEN array_agg(a.attnum ORDER BY u.n) END
+      FROM unnest(columns) WITH ORDINALITY u(c, n)
+      LEFT JOIN pg_attribute a ON a.attrelid = source AND a.attname = u.c AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+-- Grants and row-level security of an index's store, for the roles in semsearch.roles. An application
+-- role reads a store row only if it can read the source row it came from (the policy asks the source
+-- table, under that role's own rights and row-level security), so searches never show, score or rank
+-- another tenant's rows. Worker roles read and write every store row.
+CREATE OR REPLACE FUNCTION semsearch.apply_access(ix semsearch.indexes)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    store   text := format('semsearch.%I', ix.store_table);
+    r       record;
+    workers text;
+BEGIN
+    IF NOT (SELECT relrowsecurity FROM pg_class WHERE oid = store::regclass) THEN
+        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', store);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = store::regclass AND polname = 'semsearch_visible') THEN
+        EXECUTE format('CREATE POLICY semsearch_visible ON %s FOR SELECT USING (EXISTS (SELECT 1 FROM %s t WHERE (%s) = (%s)))',
+                       store, ix.source, semsearch.key_columns_sql(ix, 't'),
+                       semsearch.key_values_sql(ix, store || '.key'));
+    END IF;
+    SELECT string_agg(quote_ident(g.role), ', ' ORDER BY g.role) INTO workers
+      FROM semsearch.roles g JOIN pg_roles pr ON pr.rolname = g.role WHERE g.kind = 'worker';
+    -- Re-created only when the worker roles changed: it locks the store.
+    IF NOT EXISTS (SELECT 1 FROM pg_policy pp WHERE pp.polrelid = store::regclass AND pp.polname = 'semsearch_worker'
+                   AND (SELECT string_agg(quote_ident(rolname), ', ' ORDER BY rolname) FROM pg_roles
+                         WHERE oid = ANY (pp.polroles)) IS NOT DISTINCT FROM workers) THEN
+        IF EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = store::regclass AND polname = 'semsearch_worker') THEN
+            EXECUTE format('DROP POLICY semsearch_worker ON %s', store);
+        END IF;
+        IF workers IS NOT NULL THEN
+            EXECUTE format('CREATE POLICY semsearch_worker ON %s FOR ALL TO %s USING (true) WITH CHECK (true)', store, workers);
+        END IF;
+    END IF;
+    FOR r IN SELECT role, kind FROM semsearch.roles WHERE role IN (SELECT rolname FROM pg_roles) LOOP
+        EXECUTE format('GRANT %s ON %s TO %I', CASE r.kind WHEN 'app' THEN 'SELECT' ELSE 'SELECT, INSERT, DELETE' END,
+                       store, r.role);
+    END LOOP;
+END $$;
+
+-- Bring the registry in line with the table as it is now: follow renamed columns and a changed primary
+-- key (the trigger function is rewritten; no lock on the table), and report what cannot be followed.
+-- Returns the problem, or NULL when the index is healthy. Workers call it when idle; install calls it.
+CREATE OR REPLACE FUNCTION semsearch.refresh_index(index_id integer)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ix       semsearch.indexes;
+    names    name[];
+    key_cols name[];
+    problem  text;
+BEGIN
+    SELECT * INTO ix FROM semsearch.indexes i WHERE i.id = index_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source) THEN
+        problem := format('table changed: its table was dropped; SELECT semsearch.drop_index(%L) removes the index', ix.name);
+    ELSE
+        SELECT array_agg(a.attname ORDER BY u.n) FILTER (WHERE a.attname IS NOT NULL)
+          INTO names FROM unnest(ix.column_attnums) WITH ORDINALITY u(num, n)
+          LEFT JOIN pg_attribute a ON a.attrelid = ix.source AND a.attnum = u.num AND NOT a.attisdropped;
+        key_cols := semsearch.current_key_columns(ix.source);
+        IF cardinality(names) IS DISTINCT FROM cardinality(ix.column_attnums) THEN
+            problem := format('table changed: an indexed column of %s was dropped; change the index''s columns '
+                              '(op.alter_search_index or semsearch.alter_index) or drop it', ix.source);
+        ELSIF key_cols IS NULL THEN
+            problem := format('table changed: %s has no primary key any more', ix.source);
+        ELSIF names IS DISTINCT FROM ix.columns OR key_cols IS DISTINCT FROM ix.key_columns THEN
+            UPDATE semsearch.indexes i SET columns = names, key_columns = key_cols WHERE i.id = ix.id RETURNING * INTO ix;
+            PERFORM semsearch.install_triggers(ix);
+        END IF;
+    END IF;
+    IF problem IS NOT NULL THEN
+        UPDATE semsearch.indexes i SET problem = refresh_index.problem
+         WHERE i.id = ix.id AND i.problem IS DISTINCT FROM refresh_index.problem;
+    ELSIF ix.problem LIKE 'table changed: %' THEN
+        UPDATE semsearch.indexes i SET problem = NULL WHERE i.id = ix.id;
+        PERFORM semsearch.request_backfill_by_id(ix.id);  -- writes during the change may be missing
+    END IF;
+    RETURN problem;
+END $$;
 
 -- (Re)build the store's HNSW index: a store-only operation, the application's table is not touched.
 CREATE OR REPLACE FUNCTION semsearch.build_hnsw(ix semsearch.indexes)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF to_regclass(format('semsearch.%I', ix.store_table || '_hnsw')) IS NOT NULL THEN  -- (no NOTICE when absent)
         EXECUTE format('DROP INDEX semsearch.%I', ix.store_table || '_hnsw');
@@ -37,7 +135,7 @@ END $$;
 
 -- The store's keyword column and its GIN index, for the index's text search configuration.
 CREATE OR REPLACE FUNCTION semsearch.build_keyword_column(ix semsearch.indexes)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = format('semsearch.%I', ix.store_table)::regclass
                AND attname = 'tsv' AND NOT attisdropped) THEN
@@ -51,7 +149,7 @@ END $$;
 -- Ask for a backfill only when the table has rows: an index created with its table (create_all, a
 -- migration's create_table) queues each later row once, through its trigger.
 CREATE OR REPLACE FUNCTION semsearch.backfill_if_rows(ix semsearch.indexes)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     has_rows boolean;
 BEGIN
@@ -75,7 +173,7 @@ CREATE OR REPLACE FUNCTION semsearch.create_index(
     chunk_overlap   integer DEFAULT {{chunk_overlap}},
     hnsw_m          integer DEFAULT {{hnsw_m}},
     hnsw_ef_construction integer DEFAULT {{hnsw_ef_construction}}
-) RETURNS integer LANGUAGE plpgsql AS $fn$
+) RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     ix       semsearch.indexes;
     key_cols name[];
@@ -105,9 +203,7 @@ BEGIN
     IF columns IS NULL OR cardinality(columns) = 0 THEN
         RAISE EXCEPTION 'semsearch index "%" needs at least one column', index_name;
     END IF;
-    SELECT array_agg(a.attname ORDER BY k.n) INTO key_cols
-      FROM pg_index x, unnest(x.indkey) WITH ORDINALITY k(attnum, n), pg_attribute a
-     WHERE x.indrelid = source AND x.indisprimary AND a.attrelid = source AND a.attnum = k.attnum;
+    key_cols := semsearch.current_key_columns(source);
     IF key_cols IS NULL THEN
         RAISE EXCEPTION 'table % has no primary key', source
             USING HINT = 'semsearch identifies rows by their primary key (one or more columns of any type): add one.';
@@ -120,7 +216,12 @@ BEGIN
     END LOOP;
 
     SELECT * INTO ix FROM semsearch.indexes i WHERE i.name = index_name;
-    IF FOUND THEN
+    IF FOUND AND NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source) THEN
+        -- Its table was dropped (and maybe created again): the old index serves nothing.
+        PERFORM semsearch.drop_index(index_name);
+        ix := NULL;
+    END IF;
+    IF ix.id IS NOT NULL THEN
         IF ix.source <> source OR ix.model <> model OR ix.dimensions <> dimensions OR ix.distance <> distance THEN
             RAISE EXCEPTION 'semsearch index "%" already exists with source %, model %, % dimensions, % distance',
                 index_name, ix.source, ix.model, ix.dimensions, ix.distance
@@ -155,10 +256,10 @@ BEGIN
         RETURN ix.id;
     END IF;
 
-    INSERT INTO semsearch.indexes (name, source, key_columns, columns, model, dimensions, distance, ts_config,
-                                   chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, store_table)
-    VALUES (index_name, source, key_cols, columns, model, dimensions, distance, ts_config,
-            chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, 'store_' || index_name)
+    INSERT INTO semsearch.indexes (name, source, key_columns, columns, column_attnums, model, dimensions, distance,
+                                   ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, store_table)
+    VALUES (index_name, source, key_cols, columns, semsearch.column_numbers(source, columns), model, dimensions,
+            distance, ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, 'store_' || index_name)
     RETURNING * INTO ix;
 
     -- Store: one row per chunk. semsearch never writes to the application's table.
@@ -167,14 +268,15 @@ BEGIN
             key          text NOT NULL,
             chunk        integer NOT NULL,
             content      text NOT NULL,
-            embedding    vector(%s) NOT NULL,
+            embedding    %s.vector(%s) NOT NULL,
             model        text NOT NULL,
             content_hash bytea NOT NULL,
             embedded_at  timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (key, chunk)
-        )$$, ix.store_table, dimensions);
+        )$$, ix.store_table, semsearch.vector_schema(), dimensions);
     PERFORM semsearch.build_keyword_column(ix);
     PERFORM semsearch.build_hnsw(ix);
+    PERFORM semsearch.apply_access(ix);
     PERFORM semsearch.install_triggers(ix);
     PERFORM semsearch.backfill_if_rows(ix);
     RETURN ix.id;
@@ -187,7 +289,7 @@ END $fn$;
 -- index is rebuilt; ts_config -> the keyword column is recomputed. Only the store is rebuilt: the
 -- application's table is never locked for long.
 CREATE OR REPLACE FUNCTION semsearch.alter_index(index_name text, changes jsonb)
-RETURNS void LANGUAGE plpgsql AS $fn$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     ix      semsearch.indexes;
     old     semsearch.indexes;
@@ -214,6 +316,9 @@ BEGIN
     UPDATE semsearch.indexes i SET
         columns = CASE WHEN changes ? 'columns'
                        THEN ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns'))::name[] ELSE i.columns END,
+        column_attnums = CASE WHEN changes ? 'columns'
+                              THEN semsearch.column_numbers(i.source, ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns')))
+                              ELSE i.column_attnums END,
         ts_config = CASE WHEN changes ? 'ts_config' THEN (changes ->> 'ts_config')::regconfig ELSE i.ts_config END,
         chunk_tokens = CASE WHEN changes ? 'chunk_tokens' THEN (changes ->> 'chunk_tokens')::integer ELSE i.chunk_tokens END,
         chunk_overlap = CASE WHEN changes ? 'chunk_overlap' THEN (changes ->> 'chunk_overlap')::integer ELSE i.chunk_overlap END,
@@ -238,7 +343,7 @@ END $fn$;
 
 -- Remove an index: triggers, trigger function, store, queue entries, registry row.
 CREATE OR REPLACE FUNCTION semsearch.drop_index(index_name text, missing_ok boolean DEFAULT false)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes;
     op text;
@@ -249,7 +354,7 @@ BEGIN
         IF missing_ok THEN RETURN; END IF;
         PERFORM semsearch.lookup_index(index_name);
     END IF;
-    FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+    FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP  -- (none left if the table was dropped)
         IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = ix.source AND t.tgname = 'semsearch_' || ix.name || '_' || op) THEN
             PERFORM semsearch.run_on_source(ix, format('DROP TRIGGER %I ON %s', 'semsearch_' || ix.name || '_' || op, ix.source));
         END IF;
@@ -258,4 +363,23 @@ BEGIN
     EXECUTE format('DROP TABLE IF EXISTS semsearch.%I', ix.store_table);
     DELETE FROM semsearch.queue q WHERE q.index_id = ix.id;
     DELETE FROM semsearch.indexes i WHERE i.id = ix.id;
+END $$;
+
+-- Install's pass over every index: follow schema changes and bring trigger functions up to date.
+-- One broken index is reported (WARNING, and in semsearch.status) and never stops the others.
+CREATE OR REPLACE FUNCTION semsearch.refresh_all()
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ix semsearch.indexes;
+BEGIN
+    FOR ix IN SELECT * FROM semsearch.indexes ORDER BY id LOOP
+        BEGIN
+            IF semsearch.refresh_index(ix.id) IS NULL THEN
+                SELECT * INTO ix FROM semsearch.indexes i WHERE i.id = ix.id;
+                PERFORM semsearch.install_triggers(ix);
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'semsearch index "%": %', ix.name, SQLERRM;
+        END;
+    END LOOP;
 END $$;

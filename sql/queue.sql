@@ -4,7 +4,7 @@
 -- The body of an index's trigger function. Compared with the installed one, so an unchanged index
 -- never replaces it.
 CREATE OR REPLACE FUNCTION semsearch.trigger_body(ix semsearch.indexes)
-RETURNS text LANGUAGE plpgsql STABLE AS $fn$
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     first_key name := ix.key_columns[1];
     join_on   text;
@@ -15,7 +15,7 @@ BEGIN
     SELECT string_agg(format('n.%I', c), ', '), string_agg(format('o.%I', c), ', ')
       INTO new_cols, old_cols FROM unnest(ix.columns) c;
     RETURN format($body$
-BEGIN
+BEGIN  -- semsearch trigger, version 2
     IF TG_OP = 'INSERT' THEN
         INSERT INTO semsearch.queue (index_id, keys)
         SELECT %1$s, array_agg(%2$s) FROM new_rows n HAVING count(*) > 0;
@@ -38,6 +38,23 @@ BEGIN
         PERFORM pg_notify('semsearch', '%1$s');
     END IF;
     RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+    -- The table changed under the index (a renamed or dropped column, a new key): the application's
+    -- statement must still succeed. Queue every key the statement touched, by the columns' current
+    -- names, and flag the index; semsearch.refresh_index repairs it (workers call it when idle).
+    PERFORM semsearch.flag_schema_change(%1$s, SQLERRM);
+    BEGIN
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            EXECUTE semsearch.fallback_enqueue_sql(%1$s, 'new_rows');
+        END IF;
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            EXECUTE semsearch.fallback_enqueue_sql(%1$s, 'old_rows');
+        END IF;
+        PERFORM pg_notify('semsearch', '%1$s');
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM semsearch.request_backfill_by_id(%1$s);  -- queue everything again once repaired
+    END;
+    RETURN NULL;
 END $body$, ix.id, semsearch.key_text_sql(ix, 'n'), first_key, semsearch.key_text_sql(ix, 'o'),
             join_on, new_cols, old_cols, ix.store_table);
 END $fn$;
@@ -45,7 +62,7 @@ END $fn$;
 -- Run DDL that locks an application table, with a lock timeout and an error that names the table:
 -- semsearch never waits forever behind an open transaction while every writer queues behind it.
 CREATE OR REPLACE FUNCTION semsearch.run_on_source(ix semsearch.indexes, statement text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     previous text := current_setting('lock_timeout');
 BEGIN
@@ -67,7 +84,7 @@ END $$;
 -- Install (or update) an index's trigger function and its four triggers. Replaces the function only
 -- when its text changed and creates only missing triggers, so re-running it takes no table lock.
 CREATE OR REPLACE FUNCTION semsearch.install_triggers(ix semsearch.indexes)
-RETURNS void LANGUAGE plpgsql AS $fn$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     fn       name := 'enqueue_' || ix.name;
     body     text := semsearch.trigger_body(ix);
@@ -76,7 +93,10 @@ DECLARE
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'semsearch'::regnamespace
                    AND p.proname = fn AND p.prosrc = body) THEN
-        EXECUTE format('CREATE OR REPLACE FUNCTION semsearch.%I() RETURNS trigger LANGUAGE plpgsql AS %L', fn, body);
+        -- SECURITY DEFINER: an application role writes its own table without any right on semsearch's.
+        EXECUTE format('CREATE OR REPLACE FUNCTION semsearch.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
+                       'SET search_path = pg_catalog, pg_temp AS %L', fn, body);
+        EXECUTE format('REVOKE ALL ON FUNCTION semsearch.%I() FROM PUBLIC', fn);
     END IF;
     FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
         trigger := 'semsearch_' || ix.name || '_' || op;
@@ -91,16 +111,40 @@ BEGIN
     END LOOP;
 END $fn$;
 
--- Ask for every row of the source table (or those matching filter, a SQL condition) to be queued.
--- The rows are queued later by semsearch.backfill_step, in short transactions: nothing here scans
--- the table, so DDL that calls this holds its locks only briefly.
-CREATE OR REPLACE FUNCTION semsearch.request_backfill(index_name text, filter text DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql AS $$
+-- Ask for every row of the source table to be queued. The rows are queued later by
+-- semsearch.backfill_step, in short transactions: nothing here scans the table, so DDL that calls this
+-- holds its locks only briefly. (`semsearch backfill --where` queues a subset itself, as its caller.)
+CREATE OR REPLACE FUNCTION semsearch.request_backfill(index_name text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    UPDATE semsearch.indexes i
-       SET backfill_pending = true, backfill_after = NULL, backfill_filter = filter
-     WHERE i.id = (semsearch.lookup_index(index_name)).id;
+    PERFORM semsearch.request_backfill_by_id((semsearch.lookup_index(index_name)).id);
+END $$;
+
+CREATE OR REPLACE FUNCTION semsearch.request_backfill_by_id(index_id integer)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE semsearch.indexes i SET backfill_pending = true, backfill_after = NULL WHERE i.id = index_id;
     PERFORM pg_notify('semsearch', 'backfill');
+END $$;
+
+-- A trigger met a table that changed under its index: say so where status and workers look.
+CREATE OR REPLACE FUNCTION semsearch.flag_schema_change(index_id integer, error text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE semsearch.indexes i SET problem = 'table changed: ' || error
+     WHERE i.id = index_id AND i.problem IS DISTINCT FROM 'table changed: ' || error;
+END $$;
+
+-- Queue every key of a transition table by the key columns' current names (the trigger's fallback).
+CREATE OR REPLACE FUNCTION semsearch.fallback_enqueue_sql(index_id integer, transition text)
+RETURNS text LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ix semsearch.indexes;
+BEGIN
+    SELECT * INTO STRICT ix FROM semsearch.indexes i WHERE i.id = index_id;
+    ix.key_columns := semsearch.current_key_columns(ix.source);
+    RETURN format('INSERT INTO semsearch.queue (index_id, keys) SELECT %s, array_agg(%s) FROM %I t HAVING count(*) > 0',
+                  ix.id, semsearch.key_text_sql(ix, 't'), transition);
 END $$;
 
 -- Queue the next step_rows keys of a requested backfill, in key order. Returns how many were queued:
@@ -108,7 +152,7 @@ END $$;
 -- Workers call it; `semsearch backfill` calls it with a progress bar. Run it in its own short
 -- transaction: it locks the registry row, so concurrent callers take turns.
 CREATE OR REPLACE FUNCTION semsearch.backfill_step(index_name text, step_rows integer DEFAULT 1000)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix   semsearch.indexes;
     n    integer;
@@ -118,6 +162,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    PERFORM semsearch.lock_for_batch(ix.id);
     EXECUTE format(
         'WITH batch AS (SELECT k, row_number() OVER () AS o FROM ( '
         '                 SELECT %1$s AS k FROM %2$s t WHERE ($1::text IS NULL OR (%3$s) > (%4$s)) AND (%5$s) '
@@ -126,10 +171,10 @@ BEGIN
         '     queued AS (INSERT INTO semsearch.queue (index_id, keys) SELECT %6$s, ks FROM keys WHERE ks IS NOT NULL) '
         'SELECT coalesce(cardinality(ks), 0), ks[cardinality(ks)] FROM keys',
         semsearch.key_text_sql(ix, 't'), ix.source, semsearch.key_columns_sql(ix, 't'),
-        semsearch.key_values_sql(ix, '$1'), coalesce(ix.backfill_filter, 'true'), ix.id)
+        semsearch.key_values_sql(ix, '$1'), 'true', ix.id)
         INTO n, last USING ix.backfill_after, step_rows;
     IF n = 0 THEN
-        UPDATE semsearch.indexes i SET backfill_pending = false, backfill_after = NULL, backfill_filter = NULL
+        UPDATE semsearch.indexes i SET backfill_pending = false, backfill_after = NULL
          WHERE i.id = ix.id;
     ELSE
         UPDATE semsearch.indexes i SET backfill_after = last WHERE i.id = ix.id;

@@ -5,38 +5,48 @@
 -- (websearch_to_tsquery ANDs all words, so long questions find nothing.) NULL when the text has no
 -- lexemes (only stop words or punctuation): it then matches nothing, without an empty-query NOTICE.
 CREATE OR REPLACE FUNCTION semsearch.or_query(config regconfig, query_text text)
-RETURNS tsquery LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+RETURNS tsquery LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery
     FROM unnest(tsvector_to_array(to_tsvector(config, coalesce(query_text, '')))) AS lexeme
 $$;
 
+-- The distance operator, schema-qualified (works under any search_path).
 CREATE OR REPLACE FUNCTION semsearch.distance_operator(distance text)
-RETURNS text LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE distance WHEN 'cosine' THEN '<=>' WHEN 'l2' THEN '<->' WHEN 'inner_product' THEN '<#>' END
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('OPERATOR(%s.%s)', semsearch.vector_schema(),
+                  CASE distance WHEN 'cosine' THEN '<=>' WHEN 'l2' THEN '<->' WHEN 'inner_product' THEN '<#>' END)
 $$;
 
 -- A query vector must exist and match the index: otherwise every distance is NULL and the "results"
 -- would be arbitrary rows.
 CREATE OR REPLACE FUNCTION semsearch.check_query_vector(ix semsearch.indexes, query_embedding vector)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF query_embedding IS NULL THEN
         RAISE EXCEPTION 'semsearch index "%": the query embedding is NULL', ix.name
             USING ERRCODE = 'null_value_not_allowed',
                   HINT = format('Pass the query''s embedding by model %s (%s dimensions).', ix.model, ix.dimensions);
     END IF;
-    IF vector_dims(query_embedding) <> ix.dimensions THEN
+    IF cardinality(query_embedding::real[]) <> ix.dimensions THEN
         RAISE EXCEPTION 'semsearch index "%" holds % dimensions, the query embedding has %',
-            ix.name, ix.dimensions, vector_dims(query_embedding)
+            ix.name, ix.dimensions, cardinality(query_embedding::real[])
             USING ERRCODE = 'data_exception',
                   HINT = format('Embed the query with the index''s model, %s.', ix.model);
+    END IF;
+    IF ix.distance = 'cosine' AND NOT EXISTS (SELECT 1 FROM unnest(query_embedding::real[]) v WHERE v <> 0) THEN
+        RAISE EXCEPTION 'semsearch index "%": the query embedding is all zeros, which has no cosine distance', ix.name
+            USING ERRCODE = 'data_exception';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(query_embedding::real[]) v WHERE v = 'NaN' OR v IN ('Infinity', '-Infinity')) THEN
+        RAISE EXCEPTION 'semsearch index "%": the query embedding holds NaN or infinite values', ix.name
+            USING ERRCODE = 'data_exception';
     END IF;
 END $$;
 
 -- The query text of each search arm, shared by the search functions and semsearch.explain.
 -- $1 = query text or embedding, $2 = number of candidates.
 CREATE OR REPLACE FUNCTION semsearch.arm_sql(ix semsearch.indexes, arm text)
-RETURNS text LANGUAGE plpgsql STABLE AS $$
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     op text := semsearch.distance_operator(ix.distance);
     score text := CASE ix.distance WHEN 'cosine' THEN '1 - min(d)' ELSE '-min(d)' END;
@@ -60,12 +70,17 @@ END $$;
 
 -- Chunk rows the semantic arm reads to find `candidates` distinct documents.
 CREATE OR REPLACE FUNCTION semsearch.chunk_rows(candidates integer)
-RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT candidates * 3 $$;
+RETURNS integer LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT candidates * 3 $$;
 
 -- HNSW returns at most ef_search rows: raise it (for this transaction) to cover the chunk rows read.
+-- Iterative scans (pgvector 0.8) keep scanning when rows are filtered out (row-level security on the
+-- store hides other tenants' rows), so a filtered search still finds its full count.
 CREATE OR REPLACE FUNCTION semsearch.cover_ef_search(candidates integer)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF coalesce(current_setting('hnsw.iterative_scan', true), 'off') = 'off' THEN
+        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    END IF;
     IF coalesce(current_setting('hnsw.ef_search', true), '40')::integer < semsearch.chunk_rows(candidates) THEN
         PERFORM set_config('hnsw.ef_search', least(semsearch.chunk_rows(candidates), 1000)::text, true);
     END IF;
@@ -73,7 +88,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION semsearch.semantic_search(
     index_name text, query_embedding vector, match_count integer DEFAULT 10)
-RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql AS $$
+RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
 BEGIN
@@ -84,7 +99,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION semsearch.keyword_search(
     index_name text, query_text text, match_count integer DEFAULT 10)
-RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql STABLE AS $$
+RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY EXECUTE semsearch.arm_sql(semsearch.lookup_index(index_name), 'keyword')
         USING query_text, match_count;
@@ -95,7 +110,7 @@ CREATE OR REPLACE FUNCTION semsearch.hybrid_search(
     index_name text, query_text text, query_embedding vector, match_count integer DEFAULT 10,
     candidates integer DEFAULT NULL, rrf_k integer DEFAULT 60,
     semantic_weight float8 DEFAULT 1.0, keyword_weight float8 DEFAULT 1.0)
-RETURNS TABLE (key text, score float8, semantic_rank integer, keyword_rank integer) LANGUAGE plpgsql AS $$
+RETURNS TABLE (key text, score float8, semantic_rank integer, keyword_rank integer) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
     n  integer := greatest(coalesce(candidates, {{candidates}}), match_count);  -- each arm's depth
@@ -114,7 +129,7 @@ END $$;
 -- EXPLAIN one search arm exactly as the search functions run it.
 CREATE OR REPLACE FUNCTION semsearch.explain(
     index_name text, arm text, query_text text, query_embedding vector, candidates integer DEFAULT 10)
-RETURNS SETOF text LANGUAGE plpgsql AS $$
+RETURNS SETOF text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
 BEGIN

@@ -14,7 +14,7 @@ CREATE OR REPLACE FUNCTION semsearch.index_status()
 RETURNS TABLE (index_name text, source_table text, model text, pending bigint, in_flight bigint, failed bigint,
                oldest_pending_age interval, embedded_last_minute bigint, documents bigint,
                backfilling boolean, problem text)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes;
 BEGIN

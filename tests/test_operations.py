@@ -42,7 +42,7 @@ def test_install_and_create_all_do_not_wait_for_an_open_write_transaction(engine
             waited = time.monotonic() - started
             conn.rollback()
         message = str(info.value)
-        assert "could not lock table articles" in message and "another transaction" in message, message
+        assert "could not lock table public.articles" in message and "another transaction" in message, message
         assert 4 <= waited < 20, waited
         writer.commit()
 
