@@ -1,4 +1,4 @@
-"""The `semsearch` command: install | worker | status | search | backfill | retry-failed | demo."""
+"""The `semsearch` command: install | grant | worker | status | search | backfill | retry-failed | demo."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,21 @@ def cmd_install(args) -> None:
         version = installed_version(conn)
         count = conn.execute("SELECT count(*) FROM semsearch.indexes").fetchone()[0]
     print(f"semsearch schema installed (version {version}); {count} index(es) registered")
+
+
+def cmd_grant(args) -> None:
+    from .schema import grant
+
+    if not args.app and not args.worker:
+        from .errors import SemsearchError
+
+        raise SemsearchError("name at least one role: semsearch grant --app ROLE --worker ROLE")
+    with _connect_installed(args) as conn:
+        grant(conn, args.app or (), args.worker or ())
+    for role in args.app or ():
+        print(f"{role}: writes its indexed tables and searches (only rows it can read)")
+    for role in args.worker or ():
+        print(f"{role}: runs `semsearch worker`")
 
 
 def cmd_worker(args) -> None:
@@ -193,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("install", cmd_install, "create or upgrade the semsearch schema (idempotent)")
+
+    p = add("grant", cmd_grant, "give roles what they need: --app to write indexed tables and search, "
+                                "--worker to run the worker (run it as the role that installed semsearch)")
+    p.add_argument("--app", action="append", metavar="ROLE", help="an application role (repeatable)")
+    p.add_argument("--worker", action="append", metavar="ROLE", help="a worker role (repeatable)")
 
     p = add("worker", cmd_worker, "embed queued rows until SIGTERM/SIGINT (or until drained)")
     p.add_argument("--drain", action="store_true", help="exit once the queue is empty")

@@ -47,10 +47,16 @@ def installed_version(conn) -> str | None:
 
     Takes a psycopg connection (the CLI and the worker use psycopg directly).
     """
-    if conn.execute("SELECT to_regclass('semsearch.indexes') IS NULL").fetchone()[0]:
+    installed, readable = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                           WHERE n.nspname = 'semsearch' AND c.relname = 'indexes') AS installed,
+                  EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                           WHERE n.nspname = 'semsearch' AND c.relname = 'schema_version'
+                             AND has_table_privilege(c.oid, 'SELECT')) AS readable""").fetchone()
+    if not installed:
         return None
-    if conn.execute("SELECT to_regclass('semsearch.schema_version') IS NULL").fetchone()[0]:
-        return "unknown"
+    if not readable:  # an application role: it may search, not read semsearch's tables
+        return "installed"
     return conn.execute("SELECT max(version) FROM semsearch.schema_version").fetchone()[0]
 
 
@@ -64,3 +70,12 @@ def require_installed(conn) -> str:
             "Base.metadata.create_all(engine) or an Alembic migration (op.create_search_index)."
         )
     return version
+
+
+def grant(conn, app_roles=(), worker_roles=()) -> None:
+    """semsearch.grant_app_role / grant_worker_role for each role (psycopg connection; commits)."""
+    for role in app_roles:
+        conn.execute("SELECT semsearch.grant_app_role(%s)", (role,))
+    for role in worker_roles:
+        conn.execute("SELECT semsearch.grant_worker_role(%s)", (role,))
+    conn.commit()

@@ -116,6 +116,7 @@ class Worker:
         self._embedders_lock = threading.Lock()
         self._errors: list[BaseException] = []
         self._problems: dict[str, tuple[str, float]] = {}  # index name -> (why it is unusable, since)
+        self._store_rls: dict[int, bool] = {}  # index id -> row-level security applies to our store writes
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -471,18 +472,37 @@ class Worker:
         if stale:
             conn.execute(sql.SQL("DELETE FROM semsearch.{} WHERE key = ANY(%s)").format(store), (stale,))
         if embedded:
-            with conn.cursor().copy(sql.SQL(
-                    "COPY semsearch.{} (key, chunk, content, embedding, model, content_hash) FROM STDIN (FORMAT BINARY)"
-            ).format(store)) as copy:
-                copy.set_types(["text", "int4", "text", "vector", "text", "bytea"])
-                for item in embedded:
-                    for n, (chunk, vector) in enumerate(zip(item.chunks, vectors[item.key])):
-                        copy.write_row((item.key, n, chunk, vector, embedder.name, item.hash))
+            rows = [(item.key, n, chunk, vector, embedder.name, item.hash)
+                    for item in embedded for n, (chunk, vector) in enumerate(zip(item.chunks, vectors[item.key]))]
+            self._write_store(conn, ix, rows)
         settled = [i.key for i in items if i.key not in failed_keys]
         if settled:
             conn.execute("DELETE FROM semsearch.failures WHERE index_id = %s AND key = ANY(%s)", (ix.id, settled))
         for item, reason, permanent in failed:
             self._record_failure(conn, ix, item, reason, permanent)
+
+    def _write_store(self, conn: psycopg.Connection, ix: IndexSpec, rows: list[tuple]) -> None:
+        """Binary COPY; or, for a worker role under the store's row-level security (PostgreSQL refuses
+        COPY FROM there), one INSERT of unnested arrays."""
+        store = sql.Identifier(ix.store_table)
+        if ix.id not in self._store_rls:
+            self._store_rls[ix.id] = conn.execute("SELECT row_security_active(%s::regclass)",
+                                                  (f"semsearch.{ix.store_table}",)).fetchone()[0]
+        if not self._store_rls[ix.id]:
+            with conn.cursor().copy(sql.SQL(
+                    "COPY semsearch.{} (key, chunk, content, embedding, model, content_hash) FROM STDIN (FORMAT BINARY)"
+            ).format(store)) as copy:
+                copy.set_types(["text", "int4", "text", "vector", "text", "bytea"])
+                for row in rows:
+                    copy.write_row(row)
+            return
+        columns = list(zip(*rows))
+        conn.execute(sql.SQL(
+            "INSERT INTO semsearch.{} (key, chunk, content, embedding, model, content_hash) "
+            "SELECT k, c, t, e::vector, m, h FROM unnest(%s::text[], %s::int4[], %s::text[], %s::text[], %s::text[], "
+            "%s::bytea[]) AS u(k, c, t, e, m, h)").format(store),
+            (list(columns[0]), list(columns[1]), list(columns[2]),
+             ["[" + ",".join(map(repr, map(float, v))) + "]" for v in columns[3]], list(columns[4]), list(columns[5])))
 
     @staticmethod
     def _read_source(conn: psycopg.Connection, ix: IndexSpec, keys: list[str]) -> dict[str, str | None]:

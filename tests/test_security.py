@@ -1,0 +1,144 @@
+"""Least privilege and row-level security, with real roles: an owner (not a superuser) installs
+semsearch, two tenants share a table under a real RLS policy, a separate worker role embeds."""
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import numpy as np
+import psycopg
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from semsearch import SearchIndex, SemsearchError, Worker
+from semsearch.database import sqlalchemy_url
+
+CLI = [sys.executable, "-m", "semsearch.cli"]
+A_ROWS, B_ROWS = 12, 190
+
+
+def as_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.split("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    return parts._replace(netloc=f"{user}@{host}").geturl()
+
+
+@pytest.fixture
+def tenants(db_url, fake_embedder):
+    """docs(id, tenant, body) with RLS tenant = current_user; A owns 12 rows, B 190 (all mention apples)."""
+    dbname = urlsplit(db_url).path.lstrip("/")
+    suffix = dbname[-8:]
+    names = {k: f"{k}_{suffix}" for k in ("owner", "tenant_a", "tenant_b", "worker")}
+    with psycopg.connect(db_url, autocommit=True) as su:
+        for role in names.values():
+            su.execute(f"CREATE ROLE {role} LOGIN")
+        su.execute(f"GRANT CREATE ON DATABASE {dbname} TO {names['owner']}")
+        su.execute(f"GRANT CREATE ON SCHEMA public TO {names['owner']}")
+        su.execute("CREATE EXTENSION vector")  # not a trusted extension: the one superuser step
+    urls = {k: as_user(db_url, role) for k, role in names.items()}
+    with psycopg.connect(urls["owner"], autocommit=True) as owner:
+        owner.execute("CREATE TABLE docs (id int PRIMARY KEY, tenant name NOT NULL DEFAULT current_user, body text)")
+        owner.execute("ALTER TABLE docs ENABLE ROW LEVEL SECURITY")
+        owner.execute("CREATE POLICY tenant_rows ON docs USING (tenant = current_user) WITH CHECK (tenant = current_user)")
+        owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON docs TO {names['tenant_a']}, {names['tenant_b']}")
+    out = subprocess.run(CLI + ["install", "--url", urls["owner"]], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    with psycopg.connect(urls["owner"], autocommit=True) as owner:
+        owner.execute("SELECT semsearch.create_index('docs_search', 'docs', ARRAY['body'])")
+    out = subprocess.run(CLI + ["grant", "--app", names["tenant_a"], "--app", names["tenant_b"],
+                                "--worker", names["worker"], "--url", urls["owner"]],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # The tenants write their table without any right on semsearch's own tables.
+    with psycopg.connect(urls["tenant_a"], autocommit=True) as a:
+        a.execute("INSERT INTO docs (id, body) SELECT i, 'apple pie recipe number ' || i FROM generate_series(1, %s) i",
+                  (A_ROWS,))
+    with psycopg.connect(urls["tenant_b"], autocommit=True) as b:
+        b.execute("INSERT INTO docs (id, body) SELECT i, 'apple apple apple confidential B plan ' || i "
+                  "FROM generate_series(100, %s) i", (99 + B_ROWS,))
+    Worker(urls["worker"], poll_interval=0.2,
+           embedder_factory=lambda model: fake_embedder(model)).run(drain=True)
+    with psycopg.connect(urls["owner"]) as owner:
+        assert owner.execute("SELECT count(DISTINCT key) FROM semsearch.store_docs_search").fetchone() == (A_ROWS + B_ROWS,)
+    yield urls
+    with psycopg.connect(db_url, autocommit=True) as su:
+        for role in names.values():
+            su.execute(f"DROP OWNED BY {role} CASCADE")
+        for role in names.values():
+            su.execute(f"DROP ROLE {role}")
+
+
+def test_searches_never_show_score_or_rank_another_tenants_rows(tenants):
+    vector = "[" + ",".join(str(v) for v in np.random.default_rng(1).standard_normal(384)) + "]"
+    a_keys = {str(i) for i in range(1, A_ROWS + 1)}
+    with psycopg.connect(tenants["tenant_a"]) as a:
+        keyword = a.execute("SELECT key, score, rank FROM semsearch.keyword_search('docs_search', 'apple', 10)").fetchall()
+        assert len(keyword) == 10 and {k for k, _, _ in keyword} <= a_keys
+        assert [r for _, _, r in keyword] == list(range(1, 11))  # ranked among A's rows only
+        semantic = a.execute("SELECT key FROM semsearch.semantic_search('docs_search', %s::vector, 10)", (vector,)).fetchall()
+        assert len(semantic) == 10 and {k for (k,) in semantic} <= a_keys
+        hybrid = a.execute("SELECT key, semantic_rank, keyword_rank FROM semsearch.hybrid_search("
+                           "'docs_search', 'confidential apple plan', %s::vector, 10)", (vector,)).fetchall()
+        assert len(hybrid) == 10 and {k for k, _, _ in hybrid} <= a_keys
+        assert max(r for _, r, _ in hybrid if r) <= A_ROWS and max(r for _, _, r in hybrid if r) <= A_ROWS
+        # A direct read of the store shows A's rows and nothing else.
+        assert a.execute("SELECT count(*) FROM semsearch.store_docs_search").fetchone() == (A_ROWS,)
+        assert a.execute("SELECT count(*) FROM semsearch.store_docs_search WHERE content LIKE '%confidential%'"
+                         ).fetchone() == (0,)
+        # Under a pinned search_path the functions still find vector's operators.
+        a.execute("SET search_path = pg_catalog")
+        assert len(a.execute("SELECT * FROM semsearch.hybrid_search('docs_search', 'apple', %s::public.vector, 5)",
+                             (vector,)).fetchall()) == 5
+        a.rollback()
+        for forbidden in ("SELECT * FROM semsearch.queue", "SELECT * FROM semsearch.indexes",
+                          "SELECT * FROM semsearch.failures", "SELECT * FROM semsearch.read_source(1, ARRAY['100'])",
+                          "DELETE FROM semsearch.queue", "SELECT semsearch.backfill_step('docs_search')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                a.execute(forbidden)
+            a.rollback()
+
+
+def test_cli_and_orm_as_a_tenant(tenants):
+    out = subprocess.run(CLI + ["search", "docs_search", "apple confidential", "--mode", "keyword", "--limit", "10",
+                                "--url", tenants["tenant_a"]], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 10 and "confidential" not in out.stdout, out.stdout
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Doc(Base):
+        __tablename__ = "docs"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        tenant: Mapped[str]
+        body: Mapped[str]
+        search = SearchIndex("body", name="docs_search")
+
+    engine = create_engine(sqlalchemy_url(tenants["tenant_a"]))
+    with Session(engine) as session:
+        rows = session.execute(Doc.search.keyword("apple confidential plan", limit=10)).all()
+        assert len(rows) == 10 and all(doc.id <= A_ROWS for doc, _ in rows)
+        rows = session.execute(Doc.search.hybrid("apple", vector=[0.1] * 384, limit=10)).all()
+        assert len(rows) == 10 and all(doc.id <= A_ROWS for doc, _ in rows)
+    engine.dispose()
+
+
+def test_worker_refuses_a_table_it_cannot_fully_see_and_deletes_nothing(tenants, fake_embedder):
+    with psycopg.connect(tenants["owner"], autocommit=True) as owner:
+        owner.execute("ALTER TABLE docs FORCE ROW LEVEL SECURITY")  # now RLS hides B's rows from the owner too
+    with psycopg.connect(tenants["tenant_b"], autocommit=True) as b:
+        b.execute("UPDATE docs SET body = body || ' updated'")
+    with pytest.raises(SemsearchError, match="row-level security on public.docs hides rows"):
+        Worker(tenants["worker"], poll_interval=0.2, embedder_factory=lambda m: fake_embedder(m)).run(drain=True)
+    with psycopg.connect(tenants["owner"]) as owner:
+        owner.execute("ALTER TABLE docs NO FORCE ROW LEVEL SECURITY")
+        owner.commit()
+        assert owner.execute("SELECT count(DISTINCT key) FROM semsearch.store_docs_search").fetchone() == (A_ROWS + B_ROWS,)
+        assert owner.execute("SELECT count(*) FROM semsearch.failures").fetchone() == (0,)
+        assert "row-level security" in owner.execute("SELECT problem FROM semsearch.status").fetchone()[0]
+    Worker(tenants["worker"], poll_interval=0.2, embedder_factory=lambda m: fake_embedder(m)).run(drain=True)
+    with psycopg.connect(tenants["owner"]) as owner:
+        assert owner.execute("SELECT count(*) FROM semsearch.store_docs_search WHERE content LIKE '%updated'"
+                             ).fetchone() == (B_ROWS,)
+        assert owner.execute("SELECT problem FROM semsearch.status").fetchone() == (None,)
