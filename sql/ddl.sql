@@ -41,6 +41,24 @@ RETURNS int2[] LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       LEFT JOIN pg_attribute a ON a.attrelid = source AND a.attname = u.c AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 
+-- semsearch.visible_<index>(key): can the caller read the source row of this key? Used by the store's
+-- row-level security policy. A SQL function whose text names the table: the planner inlines it, and,
+-- unlike a policy that names the table, it leaves the application free to drop or rename its table
+-- (refresh_index rewrites it). Replaced only when its text changed.
+CREATE OR REPLACE FUNCTION semsearch.install_visibility(ix semsearch.indexes)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fn   name := 'visible_' || ix.name;
+    body text := format('SELECT EXISTS (SELECT 1 FROM %s t WHERE (%s) = (%s))',
+                        ix.source, semsearch.key_columns_sql(ix, 't'), semsearch.key_values_sql(ix, 'key'));
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'semsearch'::regnamespace
+                   AND p.proname = fn AND p.prosrc = body) THEN
+        EXECUTE format('CREATE OR REPLACE FUNCTION semsearch.%I(key text) RETURNS boolean LANGUAGE sql STABLE AS %L',
+                       fn, body);
+    END IF;
+END $$;
+
 -- Grants and row-level security of an index's store, for the roles in semsearch.roles. An application
 -- role reads a store row only if it can read the source row it came from (the policy asks the source
 -- table, under that role's own rights and row-level security), so searches never show, score or rank
@@ -55,10 +73,10 @@ BEGIN
     IF NOT (SELECT relrowsecurity FROM pg_class WHERE oid = store::regclass) THEN
         EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', store);
     END IF;
+    PERFORM semsearch.install_visibility(ix);
     IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = store::regclass AND polname = 'semsearch_visible') THEN
-        EXECUTE format('CREATE POLICY semsearch_visible ON %s FOR SELECT USING (EXISTS (SELECT 1 FROM %s t WHERE (%s) = (%s)))',
-                       store, ix.source, semsearch.key_columns_sql(ix, 't'),
-                       semsearch.key_values_sql(ix, store || '.key'));
+        EXECUTE format('CREATE POLICY semsearch_visible ON %s FOR SELECT USING (semsearch.%I(key))',
+                       store, 'visible_' || ix.name);
     END IF;
     SELECT string_agg(quote_ident(g.role), ', ' ORDER BY g.role) INTO workers
       FROM semsearch.roles g JOIN pg_roles pr ON pr.rolname = g.role WHERE g.kind = 'worker';
@@ -88,37 +106,40 @@ DECLARE
     ix       semsearch.indexes;
     names    name[];
     key_cols name[];
-    problem  text;
+    issue    text;
 BEGIN
     SELECT * INTO ix FROM semsearch.indexes i WHERE i.id = index_id FOR UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source) THEN
-        problem := format('table changed: its table was dropped; SELECT semsearch.drop_index(%L) removes the index', ix.name);
+        issue := format('table changed: its table was dropped; SELECT semsearch.drop_index(%L) removes the index', ix.name);
     ELSE
         SELECT array_agg(a.attname ORDER BY u.n) FILTER (WHERE a.attname IS NOT NULL)
           INTO names FROM unnest(ix.column_attnums) WITH ORDINALITY u(num, n)
           LEFT JOIN pg_attribute a ON a.attrelid = ix.source AND a.attnum = u.num AND NOT a.attisdropped;
         key_cols := semsearch.current_key_columns(ix.source);
         IF cardinality(names) IS DISTINCT FROM cardinality(ix.column_attnums) THEN
-            problem := format('table changed: an indexed column of %s was dropped; change the index''s columns '
+            issue := format('table changed: an indexed column of %s was dropped; change the index''s columns '
                               '(op.alter_search_index or semsearch.alter_index) or drop it', ix.source);
         ELSIF key_cols IS NULL THEN
-            problem := format('table changed: %s has no primary key any more', ix.source);
-        ELSIF names IS DISTINCT FROM ix.columns OR key_cols IS DISTINCT FROM ix.key_columns THEN
-            UPDATE semsearch.indexes i SET columns = names, key_columns = key_cols WHERE i.id = ix.id RETURNING * INTO ix;
-            PERFORM semsearch.install_triggers(ix);
+            issue := format('table changed: %s has no primary key any more', ix.source);
+        ELSE
+            IF names IS DISTINCT FROM ix.columns OR key_cols IS DISTINCT FROM ix.key_columns THEN
+                UPDATE semsearch.indexes i SET columns = names, key_columns = key_cols WHERE i.id = ix.id RETURNING * INTO ix;
+                PERFORM semsearch.install_triggers(ix);
+            END IF;
+            PERFORM semsearch.install_visibility(ix);  -- a renamed table or key column
         END IF;
     END IF;
-    IF problem IS NOT NULL THEN
-        UPDATE semsearch.indexes i SET problem = refresh_index.problem
-         WHERE i.id = ix.id AND i.problem IS DISTINCT FROM refresh_index.problem;
+    IF issue IS NOT NULL THEN
+        UPDATE semsearch.indexes i SET problem = issue
+         WHERE i.id = ix.id AND i.problem IS DISTINCT FROM issue;
     ELSIF ix.problem LIKE 'table changed: %' THEN
         UPDATE semsearch.indexes i SET problem = NULL WHERE i.id = ix.id;
         PERFORM semsearch.request_backfill_by_id(ix.id);  -- writes during the change may be missing
     END IF;
-    RETURN problem;
+    RETURN issue;
 END $$;
 
 -- (Re)build the store's HNSW index: a store-only operation, the application's table is not touched.
@@ -361,6 +382,7 @@ BEGIN
     END LOOP;
     EXECUTE format('DROP FUNCTION IF EXISTS semsearch.%I()', 'enqueue_' || ix.name);
     EXECUTE format('DROP TABLE IF EXISTS semsearch.%I', ix.store_table);
+    EXECUTE format('DROP FUNCTION IF EXISTS semsearch.%I(text)', 'visible_' || ix.name);
     DELETE FROM semsearch.queue q WHERE q.index_id = ix.id;
     DELETE FROM semsearch.indexes i WHERE i.id = ix.id;
 END $$;
