@@ -62,7 +62,8 @@ def cmd_worker(args) -> None:
     from .worker import Worker
 
     worker = Worker(_url(args), indexes=args.index or None, batch_size=args.batch_size, lanes=args.lanes,
-                    poll_interval=args.poll_interval, max_attempts=args.max_attempts, max_chunks=args.max_chunks)
+                    poll_interval=args.poll_interval, max_attempts=args.max_attempts, max_chunks=args.max_chunks,
+                    max_text_chars=args.max_text_chars)
     run_worker(worker, drain=args.drain, show_progress=args.drain)
 
 
@@ -132,6 +133,9 @@ def cmd_search(args) -> None:
 
     from .embedder import get_embedder
 
+    from .query import clean_query
+
+    args.query = clean_query(args.query)
     with _connect_installed(args) as conn:
         register_vector(conn)
         model, store = conn.execute(
@@ -224,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls when no NOTIFY arrives")
     p.add_argument("--max-attempts", type=int, default=5, help="attempts before an item goes to failures")
     p.add_argument("--max-chunks", type=int, default=1000, help="longest text accepted, in chunks")
+    p.add_argument("--max-text-chars", type=int, default=2_000_000,
+                   help="longest text accepted, in characters (bounds the worker's memory)")
 
     p = add("status", cmd_status, "pending and failed counts per index, recent failures")
     p.add_argument("--failures", type=int, default=10, help="how many recent failures to list")

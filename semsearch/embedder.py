@@ -11,6 +11,8 @@ import numpy as np
 from .errors import ModelUnavailable
 from .options import DEFAULT_MODEL, KNOWN_DIMENSIONS
 
+CHARS_PER_TOKEN_LIMIT = 16  # no real token is longer; a chunk of n tokens holds at most 16n characters
+
 
 class Embedder(Protocol):
     """What the worker and the queries need from a model."""
@@ -99,7 +101,11 @@ class SentenceTransformerEmbedder:
                 if start + size >= len(offsets):
                     break
             result[i] = chunks
-        return result
+        # A "word" the tokenizer keeps whole (a long unknown token) would make one huge chunk with no
+        # text the model reads: cut such chunks by characters.
+        limit = size * CHARS_PER_TOKEN_LIMIT
+        return [[piece for chunk in chunks for piece in (chunk[k:k + limit] for k in range(0, len(chunk), limit))]
+                if any(len(chunk) > limit for chunk in chunks) else chunks for chunks in result]
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         with self._lock:  # one encode at a time: torch already uses every core

@@ -19,3 +19,7 @@ class ModelUnavailable(SemsearchError):
 
 class NotInstalled(SemsearchError):
     """The database has no semsearch schema yet."""
+
+
+class InvalidQuery(SemsearchError, ValueError):
+    """A search argument out of range (limit, candidates, rrf_k, weights, query vector)."""

@@ -65,6 +65,8 @@ OPTION_NAMES = tuple(f.name for f in fields(IndexOptions))
 
 # Defaults that exist only on the SQL side of a query or of DDL.
 DEFAULT_CANDIDATES = 100       # each search arm's depth before fusion and filters
+MAX_RESULTS = 10_000           # largest limit or candidates a search accepts
+MAX_QUERY_CHARS = 10_000       # a longer query text is cut to this length
 DDL_LOCK_TIMEOUT = "5s"        # longest wait for a lock on an application table
 
 
@@ -74,4 +76,5 @@ def sql_defaults() -> dict:
 
     options = {k: v for k, v in asdict(IndexOptions()).items() if k != "dimensions"}
     return {**options, "candidates": DEFAULT_CANDIDATES, "ddl_lock_timeout": DDL_LOCK_TIMEOUT,
+            "max_results": MAX_RESULTS, "max_query_chars": MAX_QUERY_CHARS,
             "known_dimensions": json.dumps(KNOWN_DIMENSIONS)}

@@ -9,6 +9,7 @@ with .where() apply to those candidates.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import TYPE_CHECKING
 
 from pgvector.sqlalchemy import Vector
@@ -16,17 +17,26 @@ from sqlalchemy import Float, Integer, Select, Text, and_, cast, column, func, l
 from sqlalchemy.dialects.postgresql import JSONB
 
 from .embedder import get_embedder
-from .options import DEFAULT_CANDIDATES
+from .errors import InvalidQuery
+from .options import DEFAULT_CANDIDATES, MAX_QUERY_CHARS, MAX_RESULTS
 
 if TYPE_CHECKING:
     from .declaration import SearchIndex
 
 
+def clean_query(query: str) -> str:
+    """The rule for query text: NUL characters are removed, lone surrogates become U+FFFD, and text
+    beyond MAX_QUERY_CHARS characters is cut off."""
+    if query is None:
+        raise InvalidQuery("give the query text (or, for semantic search, its embedding as vector=)")
+    query = str(query).replace("\x00", "")
+    query = query.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return query[:MAX_QUERY_CHARS]
+
+
 def embed_query(index: "SearchIndex", query: str):
     """The query's embedding by the index's model (loads the model on first use)."""
-    if query is None:
-        raise ValueError("give the query text, or its embedding as vector=")
-    return get_embedder(index.model).encode([query])[0]
+    return get_embedder(index.model).encode([clean_query(query)])[0]
 
 
 async def embed_query_async(index: "SearchIndex", query: str):
@@ -38,15 +48,31 @@ def _vector_param(index: "SearchIndex", vector):
     values = [float(v) for v in vector]
     expected = index.options.dimensions
     if expected is not None and len(values) != expected:
-        raise ValueError(f"index {index.name!r} holds {expected}-dimensional vectors; "
-                         f"the query vector has {len(values)}")
+        raise InvalidQuery(f"index {index.name!r} holds {expected}-dimensional vectors; "
+                           f"the query vector has {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidQuery("the query vector holds NaN or infinite values")
+    if index.options.distance == "cosine" and not any(values):
+        raise InvalidQuery("the query vector is all zeros, which has no cosine distance")
     return cast(literal(values, Vector(len(values))), Vector(len(values)))
 
 
 def _window(limit: int, candidates: int | None) -> int:
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_RESULTS:
+        raise InvalidQuery(f"limit must be an integer from 1 to {MAX_RESULTS}, not {limit!r}")
+    if candidates is not None and (not isinstance(candidates, int) or not 1 <= candidates <= MAX_RESULTS):
+        raise InvalidQuery(f"candidates must be an integer from 1 to {MAX_RESULTS}, not {candidates!r}")
     return max(candidates or DEFAULT_CANDIDATES, limit)
+
+
+def _fusion(rrf_k, semantic_weight, keyword_weight) -> None:
+    if not rrf_k > 0:
+        raise InvalidQuery(f"rrf_k must be positive, not {rrf_k!r}")
+    for name, weight in (("semantic_weight", semantic_weight), ("keyword_weight", keyword_weight)):
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            raise InvalidQuery(f"{name} must be a finite number of 0 or more, not {weight!r}")
+    if semantic_weight == 0 and keyword_weight == 0:
+        raise InvalidQuery("semantic_weight and keyword_weight cannot both be 0")
 
 
 def _rank(index: "SearchIndex", results, limit: int) -> Select:
@@ -67,26 +93,29 @@ def _rank(index: "SearchIndex", results, limit: int) -> Select:
 
 def semantic(index: "SearchIndex", query: str | None = None, *, vector=None, limit: int = 10,
              candidates: int | None = None) -> Select:
+    window = _window(limit, candidates)
     if vector is None:
         vector = embed_query(index, query)
     results = func.semsearch.semantic_search(
-        index.name, _vector_param(index, vector), _window(limit, candidates)
+        index.name, _vector_param(index, vector), window
     ).table_valued(column("key", Text), column("score", Float), column("rank", Integer))
     return _rank(index, results, limit)
 
 
 def keyword(index: "SearchIndex", query: str, *, limit: int = 10, candidates: int | None = None) -> Select:
     results = func.semsearch.keyword_search(
-        index.name, query, _window(limit, candidates)
+        index.name, clean_query(query), _window(limit, candidates)
     ).table_valued(column("key", Text), column("score", Float), column("rank", Integer))
     return _rank(index, results, limit)
 
 
 def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
            rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0) -> Select:
+    window = _window(limit, candidates)
+    _fusion(rrf_k, semantic_weight, keyword_weight)
+    query = clean_query(query)
     if vector is None:
         vector = embed_query(index, query)
-    window = _window(limit, candidates)
     results = func.semsearch.hybrid_search(
         index.name, query, _vector_param(index, vector), window, window, rrf_k, semantic_weight, keyword_weight
     ).table_valued(column("key", Text), column("score", Float), column("semantic_rank", Integer),

@@ -32,6 +32,7 @@ log = logging.getLogger("semsearch.worker")
 
 NOTIFY_CHANNEL = "semsearch"
 UNUSABLE_RETRY_SECONDS = 60
+TOKENIZE_CHARS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Worker:
         max_attempts: int = 5,
         retry_base_seconds: float = 2.0,
         max_chunks: int = 1000,
+        max_text_chars: int = 2_000_000,
         embedder_factory: Callable[[str], Embedder] = get_embedder,
         on_progress: Callable[[int], None] | None = None,
         on_queued: Callable[[int], None] | None = None,
@@ -106,6 +108,7 @@ class Worker:
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
         self.max_chunks = max_chunks
+        self.max_text_chars = max_text_chars  # longer texts are refused before tokenizing (memory bound)
         self.embedder_factory = embedder_factory
         self.on_progress = on_progress  # called with the number of keys each batch settled
         self.on_queued = on_queued  # called with the number of keys each backfill step queued
@@ -446,6 +449,10 @@ class Worker:
             if item.text is None or not item.text.strip():
                 failed.append((item, "nothing to embed: the indexed columns are NULL, empty or blank", True))
                 continue
+            if len(item.text) > self.max_text_chars:
+                failed.append((item, f"text too long: {len(item.text)} characters, over the worker's max_text_chars "
+                                     f"({self.max_text_chars}); raise it (--max-text-chars) to embed it", True))
+                continue
             item.hash = content_hash(embedder.name, ix.chunk_tokens, ix.chunk_overlap, item.text)
             if current.get(item.key) != item.hash:  # else: already embedded from exactly this text
                 changed.append(item)
@@ -511,7 +518,17 @@ class Worker:
 
     @staticmethod
     def _chunk(embedder: Embedder, ix: IndexSpec, items: list[Item]) -> list[list[str] | Exception]:
-        """Chunk the whole batch in one tokenizer call; item by item if that fails, to find the culprit."""
+        """Chunk the batch in few tokenizer calls (each over at most TOKENIZE_CHARS characters, which
+        bounds memory); item by item if one fails, to find the culprit."""
+        groups, size = [[]], 0
+        for item in items:
+            if groups[-1] and size + len(item.text) > TOKENIZE_CHARS:
+                groups.append([])
+                size = 0
+            groups[-1].append(item)
+            size += len(item.text)
+        if len(groups) > 1:
+            return [chunks for group in groups for chunks in Worker._chunk(embedder, ix, group)]
         try:
             return embedder.chunk([i.text for i in items], ix.chunk_tokens, ix.chunk_overlap)
         except Exception:

@@ -1,13 +1,34 @@
 -- Search functions: the semantic arm (HNSW), the keyword arm (tsvector + GIN) and their fusion.
 -- The ORM's queries call these same functions, so ORM and raw-SQL users run the same search SQL.
 
+-- Search arguments in range, with errors that say so (not DivisionByZero or integer overflow).
+CREATE OR REPLACE FUNCTION semsearch.check_search_args(match_count integer, candidates integer DEFAULT NULL,
+    rrf_k integer DEFAULT 60, semantic_weight float8 DEFAULT 1, keyword_weight float8 DEFAULT 1)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF match_count IS NULL OR match_count NOT BETWEEN 1 AND {{max_results}} THEN
+        RAISE EXCEPTION 'match_count must be from 1 to %, not %', {{max_results}}, match_count USING ERRCODE = 'data_exception';
+    END IF;
+    IF candidates IS NOT NULL AND candidates NOT BETWEEN 1 AND {{max_results}} THEN
+        RAISE EXCEPTION 'candidates must be from 1 to %, not %', {{max_results}}, candidates USING ERRCODE = 'data_exception';
+    END IF;
+    IF rrf_k IS NULL OR rrf_k <= 0 THEN
+        RAISE EXCEPTION 'rrf_k must be positive, not %', rrf_k USING ERRCODE = 'data_exception';
+    END IF;
+    IF semantic_weight IS NULL OR keyword_weight IS NULL OR semantic_weight < 0 OR keyword_weight < 0
+       OR semantic_weight = 'NaN' OR keyword_weight = 'NaN' OR semantic_weight + keyword_weight = 0 THEN
+        RAISE EXCEPTION 'weights must be 0 or more and not both 0 (semantic %, keyword %)', semantic_weight, keyword_weight
+            USING ERRCODE = 'data_exception';
+    END IF;
+END $$;
+
 -- OR-semantics keyword query: every lexeme of a natural-language question may match, ranking decides.
 -- (websearch_to_tsquery ANDs all words, so long questions find nothing.) NULL when the text has no
 -- lexemes (only stop words or punctuation): it then matches nothing, without an empty-query NOTICE.
 CREATE OR REPLACE FUNCTION semsearch.or_query(config regconfig, query_text text)
 RETURNS tsquery LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery
-    FROM unnest(tsvector_to_array(to_tsvector(config, coalesce(query_text, '')))) AS lexeme
+    FROM unnest(tsvector_to_array(to_tsvector(config, left(coalesce(query_text, ''), {{max_query_chars}})))) AS lexeme
 $$;
 
 -- The distance operator, schema-qualified (works under any search_path).
@@ -92,6 +113,7 @@ RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql SET search
 DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
 BEGIN
+    PERFORM semsearch.check_search_args(match_count);
     PERFORM semsearch.check_query_vector(ix, query_embedding);
     PERFORM semsearch.cover_ef_search(match_count);
     RETURN QUERY EXECUTE semsearch.arm_sql(ix, 'semantic') USING query_embedding, match_count;
@@ -101,6 +123,7 @@ CREATE OR REPLACE FUNCTION semsearch.keyword_search(
     index_name text, query_text text, match_count integer DEFAULT 10)
 RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM semsearch.check_search_args(match_count);
     RETURN QUERY EXECUTE semsearch.arm_sql(semsearch.lookup_index(index_name), 'keyword')
         USING query_text, match_count;
 END $$;
@@ -115,6 +138,7 @@ DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
     n  integer := greatest(coalesce(candidates, {{candidates}}), match_count);  -- each arm's depth
 BEGIN
+    PERFORM semsearch.check_search_args(match_count, candidates, rrf_k, semantic_weight, keyword_weight);
     PERFORM semsearch.check_query_vector(ix, query_embedding);
     PERFORM semsearch.cover_ef_search(n);
     RETURN QUERY EXECUTE format(

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine
 from semsearch import DatabaseUnavailable, PgvectorMissing, install
 from semsearch.database import connect
 
-from .helpers import queue_keys, store_rows
+from .helpers import drain, queue_keys, store_rows
 from .models import Base
 
 CLI = [sys.executable, "-m", "semsearch.cli"]
@@ -124,6 +124,32 @@ def test_cli_backfill_queues_a_filtered_subset_in_steps(engine, conn, db_url, fa
     assert queue_keys(conn) == sorted(str(i) for i in range(1, 11))
     assert conn.execute("SELECT count(*), max(cardinality(keys)) FROM semsearch.queue").fetchone() == (3, 4)
     assert conn.execute("SELECT backfilling FROM semsearch.status").fetchone() == (False,)
+
+
+def test_cli_backfill_where_is_one_condition_run_as_the_caller_and_never_stored(engine, conn, db_url, fake_embedder):
+    Base.metadata.create_all(engine)
+    conn.execute("CREATE TABLE secret_tbl (id int)")
+    conn.execute("INSERT INTO articles (id, title, body, views) SELECT g, 't' || g, 'b', 0 FROM generate_series(1, 20) g")
+    conn.execute("DELETE FROM semsearch.queue")
+    for where, message in [("true; DROP TABLE secret_tbl", "is not one SQL condition"),
+                           ("", "--where is empty"), ("   ", "--where is empty"),
+                           ("no_such_column > 1", 'column "no_such_column" does not exist'),
+                           ("true --", "is not one SQL condition")]:
+        out = subprocess.run(CLI + ["backfill", "articles_search", "--where", where, "--url", db_url],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and message in out.stderr, (where, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert conn.execute("SELECT to_regclass('secret_tbl') IS NOT NULL").fetchone() == (True,)
+    assert conn.execute("SELECT count(*) FROM semsearch.queue").fetchone() == (0,)
+    # Escaping the parentheses can at most select every row of this table, each once.
+    out = subprocess.run(CLI + ["backfill", "articles_search", "--where", "true) OR (true", "--url", db_url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "queued 20 row(s)" in out.stdout, out.stderr
+    # Nothing was stored for a worker to run: workers go on for every index.
+    assert "backfill_filter" not in [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'semsearch.indexes'::regclass").fetchall()]
+    drain(db_url, fake_embedder("all-MiniLM-L6-v2"))
+    assert len(store_rows(conn)) == 20
 
 
 def test_an_index_the_worker_cannot_serve_does_not_stop_the_others(engine, db_url, conn, fake_embedder):
