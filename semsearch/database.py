@@ -83,6 +83,7 @@ def connect(url: str | None = None, **kwargs) -> psycopg.Connection:
     """Connect with an error that says what to do instead of a traceback."""
     url = libpq_url(url or database_url())
     kwargs.setdefault("connect_timeout", 10)
+    kwargs.setdefault("application_name", f"semsearch pid {os.getpid()}")  # who is who in pg_stat_activity
     try:
         return psycopg.connect(url, **kwargs)
     except psycopg.OperationalError as exc:

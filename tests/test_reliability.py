@@ -38,33 +38,43 @@ def assert_exact(conn, chunk_overlap=32):
 
 
 class BlockingEmbedder:
-    """Holds its first encode until released, and records any two encodes of one key at once."""
+    """Holds its first encode until released, and records how many encodes ever ran at once."""
 
     def __init__(self, fake):
         self.fake, self.name, self.dimensions = fake, fake.name, fake.dimensions
         self.started, self.release = threading.Event(), threading.Event()
-        self.active, self.overlaps, self.lock = set(), [], threading.Lock()
+        self.running, self.most_at_once, self.lock = 0, 0, threading.Lock()
 
     def chunk(self, texts, chunk_tokens, overlap):
         return self.fake.chunk(texts, chunk_tokens, overlap)
 
     def encode(self, texts, batch_size=64):
         with self.lock:
-            self.overlaps += [t for t in texts if t in self.active]
-            self.active.update(texts)
-        if not self.started.is_set():
-            self.started.set()
-            assert self.release.wait(30)
-        with self.lock:
-            self.active.difference_update(texts)
-        return self.fake.encode(texts)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            if not self.started.is_set():
+                self.started.set()
+                assert self.release.wait(30)
+            return self.fake.encode(texts)
+        finally:
+            with self.lock:
+                self.running -= 1
 
 
 def test_update_during_embedding_never_leaves_the_old_text(engine, conn, db_url, fake_embedder):
     Base.metadata.create_all(engine)
     embedder = BlockingEmbedder(fake_embedder(MODEL))
     conn.execute("INSERT INTO articles (id, title, body, views) VALUES (1, 'old', 'text', 0)")
-    first = threading.Thread(target=drain, args=(db_url, embedder))
+    errors = []
+
+    def first_worker():
+        try:
+            drain(db_url, embedder)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    first = threading.Thread(target=first_worker)
     first.start()
     assert embedder.started.wait(30)  # the worker is embedding 'old'
     conn.execute("UPDATE articles SET title = 'new' WHERE id = 1")
@@ -77,21 +87,24 @@ def test_update_during_embedding_never_leaves_the_old_text(engine, conn, db_url,
         assert second.process_batch(c2, ix) == 0
     embedder.release.set()
     first.join(30)
-    drain(db_url, embedder)
+    assert not first.is_alive() and errors == []
+    # The first worker took the re-queued key after its batch: no other drain ran.
     assert store_rows(conn) == {"1": ["new\n\ntext"]}
-    assert embedder.overlaps == []
+    assert embedder.most_at_once == 1  # the second worker never encoded while the key was held
     assert_exact(conn)
 
 
-def _start_workers(db_url, n, batch_size=16):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return [subprocess.Popen([sys.executable, "-m", "tests.fake_worker", db_url, str(batch_size)], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+def _start_workers(db_url, n, batch_size=16, report=False, delay=0.0):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FAKE_ENCODE_DELAY": str(delay)}
+    extra = ["--report"] if report else []
+    return [subprocess.Popen([sys.executable, "-m", "tests.fake_worker", db_url, str(batch_size), *extra], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE if report else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True) for _ in range(n)]
 
 
 def test_several_worker_processes_share_the_queue(engine, conn, db_url):
     Base.metadata.create_all(engine)
-    workers = _start_workers(db_url, 3)
+    workers = _start_workers(db_url, 3, report=True)
     try:
         for i in range(20):
             conn.execute("INSERT INTO articles (id, title, body, views) SELECT g, 'title ' || g, %s, 0 "
@@ -103,19 +116,33 @@ def test_several_worker_processes_share_the_queue(engine, conn, db_url):
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)
-        errors = [w.communicate(timeout=30)[1] for w in workers]
+        outputs = [w.communicate(timeout=30) for w in workers]
+    errors = [err for _, err in outputs]
     assert all(w.returncode == 0 for w in workers), errors
     assert not any("deadlock" in e for e in errors)
     assert assert_exact(conn) == 2000
+    encoded = [out.splitlines() for out, _ in outputs]
+    assert all(len(texts) > 100 for texts in encoded), [len(t) for t in encoded]  # the work was shared
+    every = [t for texts in encoded for t in texts]
+    assert len(every) == len(set(every))  # no text was embedded twice
+
+
+def _holding_batch(conn, worker) -> bool:
+    """Does this worker process hold claimed keys right now (its per-key advisory locks)?"""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND a.application_name = %s)",
+        (f"semsearch pid {worker.pid}",)).fetchone()[0]
 
 
 def test_chaos_kills_and_a_database_restart_lose_nothing(engine, conn, db_url, restart_server):
     Base.metadata.create_all(engine)
     rng = random.Random(7)
-    workers = _start_workers(db_url, 3, batch_size=8)
+    workers = _start_workers(db_url, 3, batch_size=8, delay=0.02)
 
     app = psycopg.connect(db_url, autocommit=True)
-    next_id, restarted, kills = 1, False, 0
+    watch = psycopg.connect(db_url, autocommit=True)
+    next_id, kills, kills_holding, restarts = 1, 0, 0, []
     try:
         for step in range(3000):
             op = rng.random()
@@ -131,17 +158,31 @@ def test_chaos_kills_and_a_database_restart_lose_nothing(engine, conn, db_url, r
                 else:
                     app.execute("DELETE FROM articles WHERE id = %s", (rng.randrange(1, next_id),))
             except psycopg.OperationalError:
-                app = psycopg.connect(db_url, autocommit=True)  # the database restart
-            if step % 150 == 75:
-                victim = rng.randrange(len(workers))
+                app = psycopg.connect(db_url, autocommit=True)  # after a restart
+            if step % 120 == 60:
+                # Kill a worker in the middle of a batch: wait until one holds claimed keys.
+                deadline, victim = time.time() + 3, None
+                while victim is None and time.time() < deadline:
+                    try:
+                        victim = next((i for i, w in enumerate(workers) if _holding_batch(watch, w)), None)
+                    except psycopg.OperationalError:
+                        watch = psycopg.connect(db_url, autocommit=True)
+                    if victim is None:
+                        time.sleep(0.005)
+                if victim is None:
+                    victim = rng.randrange(len(workers))
+                else:
+                    kills_holding += 1
                 workers[victim].kill()  # SIGKILL mid-batch
                 workers[victim].wait()
-                workers[victim] = _start_workers(db_url, 1, batch_size=8)[0]
+                workers[victim] = _start_workers(db_url, 1, batch_size=8, delay=0.02)[0]
                 kills += 1
-            if step == 1500 and not restarted:
-                restart_server()
-                restarted = True
+            if step in (1000, 2000):
+                mode = "fast" if step == 1000 else "immediate"  # a clean restart, then a crash
+                restart_server(mode)
+                restarts.append(mode)
                 app = psycopg.connect(db_url, autocommit=True)
+                watch = psycopg.connect(db_url, autocommit=True)
         deadline = time.time() + 180
         while time.time() < deadline:
             with psycopg.connect(db_url) as c:
@@ -151,12 +192,20 @@ def test_chaos_kills_and_a_database_restart_lose_nothing(engine, conn, db_url, r
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)
-        for w in workers:
-            w.communicate(timeout=30)
+        outputs = [w.communicate(timeout=30) for w in workers]
         app.close()
-    assert kills >= 15
+        watch.close()
+    assert [w.returncode for w in workers] == [0, 0, 0], "\n---\n".join("\n".join(err.splitlines()[-12:]) for _, err in outputs)
+    assert kills >= 20 and kills_holding >= 10, (kills, kills_holding)
+    assert restarts == ["fast", "immediate"]
     with psycopg.connect(db_url, autocommit=True) as c:
         assert assert_exact(c) > 100
+        assert c.execute("SELECT count(*) FROM semsearch.failures").fetchone() == (0,)
+        # Stored text is the current text (every row here fits one chunk).
+        mismatched = c.execute(
+            "SELECT count(*) FROM articles a JOIN semsearch.store_articles_search s ON s.key = a.id::text "
+            "WHERE s.content <> concat_ws(E'\\n\\n', a.title, a.body)").fetchone()[0]
+        assert mismatched == 0
 
 
 BAD_INPUTS = {
