@@ -63,7 +63,7 @@ def cmd_worker(args) -> None:
 
     worker = Worker(_url(args), indexes=args.index or None, batch_size=args.batch_size, lanes=args.lanes,
                     poll_interval=args.poll_interval, max_attempts=args.max_attempts, max_chunks=args.max_chunks,
-                    max_text_chars=args.max_text_chars)
+                    max_text_chars=args.max_text_chars, wait_for_database=args.wait_for_database)
     run_worker(worker, drain=args.drain, show_progress=args.drain)
 
 
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls when no NOTIFY arrives")
     p.add_argument("--max-attempts", type=int, default=5, help="attempts before an item goes to failures")
     p.add_argument("--max-chunks", type=int, default=1000, help="longest text accepted, in chunks")
+    p.add_argument("--wait-for-database", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a worker whose database is not up yet waits for it before giving up")
     p.add_argument("--max-text-chars", type=int, default=2_000_000,
                    help="longest text accepted, in characters (bounds the worker's memory)")
 
@@ -267,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:
         import psycopg
+        from sqlalchemy.exc import DBAPIError
 
+        if isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.Error):
+            exc = exc.orig  # the server's message, not SQLAlchemy's statement dump
         if isinstance(exc, psycopg.Error):
             diag = getattr(exc, "diag", None)
             message = (diag.message_primary if diag is not None and diag.message_primary else str(exc)).strip()

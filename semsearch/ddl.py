@@ -89,10 +89,11 @@ class LockInstall(SemsearchDDL):
 
 
 class RefreshIndexes(SemsearchDDL):
-    """Follow schema changes and bring trigger functions up to date; takes no lock when nothing changed."""
+    """Follow schema changes, bring trigger functions up to date, re-apply roles' rights; takes no lock
+    on an application table when nothing changed."""
 
     def sql(self) -> str:
-        return "SELECT semsearch.refresh_all()"
+        return "SELECT semsearch.refresh_all(); SELECT semsearch.apply_roles()"
 
 
 def install_steps() -> list[SemsearchDDL]:

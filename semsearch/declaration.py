@@ -14,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, MetaData, Select, Table, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapper
 
 from .ddl import CreateSearchIndex, DropSearchIndex
+from .errors import NotInstalled
 from .options import IndexOptions
 
 
@@ -172,8 +174,20 @@ def declared_indexes(metadata: MetaData) -> list[SearchIndex]:
 
 
 def _after_create(metadata: MetaData, connection: Connection, **kw) -> None:
-    from .schema import install
+    from .schema import install, manages_semsearch
 
+    if not manages_semsearch(connection):
+        # An application role (semsearch grant --app) runs create_all at start-up: its tables exist, and
+        # so must its indexes; creating or changing them is the owner's job (migrations).
+        for index in declared_indexes(metadata):
+            try:
+                with connection.begin_nested():
+                    connection.execute(text("SELECT semsearch.lookup_index(:name)"), {"name": index.name})
+            except DBAPIError:
+                user = connection.execute(text("SELECT current_user")).scalar()
+                raise NotInstalled(f"search index {index.name!r} does not exist, and role {user!r} cannot create it: "
+                                   "run create_all or your migrations as the role that installed semsearch") from None
+        return
     install(connection)
     for index in declared_indexes(metadata):
         index.definition().create(connection)

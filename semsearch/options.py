@@ -67,6 +67,7 @@ OPTION_NAMES = tuple(f.name for f in fields(IndexOptions))
 DEFAULT_CANDIDATES = 100       # each search arm's depth before fusion and filters
 MAX_RESULTS = 10_000           # largest limit or candidates a search accepts
 MAX_QUERY_CHARS = 10_000       # a longer query text is cut to this length
+MAX_SCAN_TUPLES = 1_000_000    # most HNSW tuples a filtered (row-level security) semantic arm visits
 DDL_LOCK_TIMEOUT = "5s"        # longest wait for a lock on an application table
 
 
@@ -76,5 +77,5 @@ def sql_defaults() -> dict:
 
     options = {k: v for k, v in asdict(IndexOptions()).items() if k != "dimensions"}
     return {**options, "candidates": DEFAULT_CANDIDATES, "ddl_lock_timeout": DDL_LOCK_TIMEOUT,
-            "max_results": MAX_RESULTS, "max_query_chars": MAX_QUERY_CHARS,
+            "max_results": MAX_RESULTS, "max_query_chars": MAX_QUERY_CHARS, "max_scan_tuples": MAX_SCAN_TUPLES,
             "known_dimensions": json.dumps(KNOWN_DIMENSIONS)}

@@ -58,18 +58,23 @@ def _vector_param(index: "SearchIndex", vector):
 
 
 def _window(limit: int, candidates: int | None) -> int:
-    if not isinstance(limit, int) or not 1 <= limit <= MAX_RESULTS:
+    if not _is_int(limit) or not 1 <= limit <= MAX_RESULTS:
         raise InvalidQuery(f"limit must be an integer from 1 to {MAX_RESULTS}, not {limit!r}")
-    if candidates is not None and (not isinstance(candidates, int) or not 1 <= candidates <= MAX_RESULTS):
+    if candidates is not None and (not _is_int(candidates) or not 1 <= candidates <= MAX_RESULTS):
         raise InvalidQuery(f"candidates must be an integer from 1 to {MAX_RESULTS}, not {candidates!r}")
     return max(candidates or DEFAULT_CANDIDATES, limit)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _fusion(rrf_k, semantic_weight, keyword_weight) -> None:
-    if not rrf_k > 0:
-        raise InvalidQuery(f"rrf_k must be positive, not {rrf_k!r}")
+    if not _is_int(rrf_k) or not 1 <= rrf_k <= 1_000_000:
+        raise InvalidQuery(f"rrf_k must be an integer from 1 to 1000000, not {rrf_k!r}")
     for name, weight in (("semantic_weight", semantic_weight), ("keyword_weight", keyword_weight)):
-        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+        if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight)
+                and weight >= 0):
             raise InvalidQuery(f"{name} must be a finite number of 0 or more, not {weight!r}")
     if semantic_weight == 0 and keyword_weight == 0:
         raise InvalidQuery("semantic_weight and keyword_weight cannot both be 0")

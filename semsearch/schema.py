@@ -31,6 +31,13 @@ def install(bind: Connection | Engine | None = None) -> None:
         bind.execute(step)
 
 
+def manages_semsearch(connection: Connection) -> bool:
+    """May this role install and change semsearch here: it is not installed yet, or the role owns it."""
+    return bool(connection.execute(text(
+        "SELECT coalesce((SELECT pg_has_role(current_user, n.nspowner, 'MEMBER') FROM pg_namespace n "
+        "WHERE n.nspname = 'semsearch'), true)")).scalar())
+
+
 async def ainstall(bind) -> None:
     """install() for an AsyncEngine or AsyncConnection."""
     from sqlalchemy.ext.asyncio import AsyncEngine

@@ -99,6 +99,7 @@ class Worker:
         retry_base_seconds: float = 2.0,
         max_chunks: int = 1000,
         max_text_chars: int = 2_000_000,
+        wait_for_database: float = 30.0,
         embedder_factory: Callable[[str], Embedder] = get_embedder,
         on_progress: Callable[[int], None] | None = None,
         on_queued: Callable[[int], None] | None = None,
@@ -112,6 +113,7 @@ class Worker:
         self.retry_base_seconds = retry_base_seconds
         self.max_chunks = max_chunks
         self.max_text_chars = max_text_chars  # longer texts are refused before tokenizing (memory bound)
+        self.wait_for_database = wait_for_database
         self.embedder_factory = embedder_factory
         self.on_progress = on_progress  # called with the number of keys each batch settled
         self.on_queued = on_queued  # called with the number of keys each backfill step queued
@@ -181,7 +183,7 @@ class Worker:
                 backoff = min(backoff * 2, 30)
 
     def _lane(self, drain: bool) -> None:
-        backoff, connected_once = 0.5, False
+        backoff, connected_once, started = 0.5, False, time.monotonic()
         while not self._stop.is_set():
             try:
                 with connect(self.url) as conn:
@@ -197,8 +199,11 @@ class Worker:
                     if self._work(conn, drain):
                         return
             except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
-                # A wrong URL fails fast; a lost server, or one starting or stopping, is waited for.
-                if not connected_once and not any(state in str(exc) for state in TRANSIENT_SERVER_STATES):
+                # A lost server is waited for; so is a server that is starting or stopping, or not up yet
+                # for wait_for_database seconds after the worker started (containers start in any order).
+                # A URL that never connects fails after that.
+                if (not connected_once and not any(state in str(exc) for state in TRANSIENT_SERVER_STATES)
+                        and time.monotonic() - started > self.wait_for_database):
                     self._fail(exc)
                     return
                 log.warning("database connection lost (%s); reconnecting in %.1fs", str(exc).strip(), backoff)

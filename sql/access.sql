@@ -44,7 +44,11 @@ BEGIN
     FOR ix IN SELECT * FROM semsearch.indexes ORDER BY id LOOP
         CONTINUE WHEN to_regclass(format('semsearch.%I', ix.store_table)) IS NULL
                    OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source);
-        PERFORM semsearch.apply_access(ix);
+        BEGIN
+            PERFORM semsearch.apply_access(ix);
+        EXCEPTION WHEN OTHERS THEN  -- one index's problem never stops the others (status reports it)
+            RAISE WARNING 'semsearch index "%": %', ix.name, SQLERRM;
+        END;
     END LOOP;
 END $$;
 
@@ -81,4 +85,3 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
     END LOOP;
 END $$;
-SELECT semsearch.apply_roles();

@@ -6,7 +6,7 @@
 -- Look up a registry row by name, with an error that says what to do. SECURITY DEFINER: application
 -- roles search without any right on the registry itself.
 CREATE OR REPLACE FUNCTION semsearch.lookup_index(index_name text)
-RETURNS semsearch.indexes LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+RETURNS semsearch.indexes LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes;
 BEGIN
@@ -14,7 +14,19 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'semsearch index "%" does not exist', index_name
             USING HINT = 'Declare it (SearchIndex on a model + create_all, or semsearch.create_index) first; '
-                         'SELECT name FROM semsearch.indexes lists the existing ones.';
+                         'semsearch status lists the existing ones.';
+    END IF;
+    -- A table renamed, moved or re-keyed since the last worker pass: follow it now, so searches keep
+    -- working (cheap to check; the repair itself takes no lock on the table).
+    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source)
+       AND NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'semsearch'::regnamespace
+                       AND p.proname = 'visible_' || ix.name
+                       AND p.prosrc = semsearch.visibility_body(ix)
+                       AND semsearch.current_key_columns(ix.source) IS NOT DISTINCT FROM ix.key_columns)
+       AND NOT pg_is_in_recovery() THEN
+        PERFORM semsearch.refresh_index(ix.id);
+        PERFORM semsearch.install_visibility(i) FROM semsearch.indexes i WHERE i.id = ix.id;
+        SELECT * INTO ix FROM semsearch.indexes i WHERE i.id = ix.id;
     END IF;
     RETURN ix;
 END $$;
@@ -41,21 +53,30 @@ RETURNS int2[] LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       LEFT JOIN pg_attribute a ON a.attrelid = source AND a.attname = u.c AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 
--- semsearch.visible_<index>(key): can the caller read the source row of this key? Used by the store's
--- row-level security policy. A SQL function whose text names the table: the planner inlines it, and,
--- unlike a policy that names the table, it leaves the application free to drop or rename its table
--- (refresh_index rewrites it). Replaced only when its text changed.
+-- semsearch.visible_<index>(key): may the caller read the source row of this key, with every indexed
+-- column? The store's row-level security policy calls it, under the caller's own rights and the source
+-- table's row-level security, so a role reads store rows (text, key, vector) only where it could read
+-- the same values in the table. Its text names the table, not the policy: the application stays free
+-- to drop or rename its table, and refresh_index rewrites the function. search_path is pinned, so the
+-- caller's search_path cannot swap an operator or type in it.
+CREATE OR REPLACE FUNCTION semsearch.visibility_body(ix semsearch.indexes)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('SELECT %s AND EXISTS (SELECT 1 FROM %s t WHERE (%s) = (%s))',
+                  (SELECT string_agg(format('has_column_privilege(%L, %L, ''SELECT'')', ix.source::text, c), ' AND ')
+                     FROM unnest(ix.columns || ix.key_columns) c),
+                  ix.source, semsearch.key_columns_sql(ix, 't'), semsearch.key_values_sql(ix, 'key'))
+$$;
+
 CREATE OR REPLACE FUNCTION semsearch.install_visibility(ix semsearch.indexes)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn   name := 'visible_' || ix.name;
-    body text := format('SELECT EXISTS (SELECT 1 FROM %s t WHERE (%s) = (%s))',
-                        ix.source, semsearch.key_columns_sql(ix, 't'), semsearch.key_values_sql(ix, 'key'));
+    body text := semsearch.visibility_body(ix);
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'semsearch'::regnamespace
                    AND p.proname = fn AND p.prosrc = body) THEN
-        EXECUTE format('CREATE OR REPLACE FUNCTION semsearch.%I(key text) RETURNS boolean LANGUAGE sql STABLE AS %L',
-                       fn, body);
+        EXECUTE format('CREATE OR REPLACE FUNCTION semsearch.%I(key text) RETURNS boolean LANGUAGE sql STABLE '
+                       'SET search_path = pg_catalog, pg_temp AS %L', fn, body);
     END IF;
 END $$;
 

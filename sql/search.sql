@@ -16,8 +16,9 @@ BEGIN
         RAISE EXCEPTION 'rrf_k must be positive, not %', rrf_k USING ERRCODE = 'data_exception';
     END IF;
     IF semantic_weight IS NULL OR keyword_weight IS NULL OR semantic_weight < 0 OR keyword_weight < 0
-       OR semantic_weight = 'NaN' OR keyword_weight = 'NaN' OR semantic_weight + keyword_weight = 0 THEN
-        RAISE EXCEPTION 'weights must be 0 or more and not both 0 (semantic %, keyword %)', semantic_weight, keyword_weight
+       OR semantic_weight IN ('NaN', 'Infinity') OR keyword_weight IN ('NaN', 'Infinity')
+       OR semantic_weight + keyword_weight = 0 THEN
+        RAISE EXCEPTION 'weights must be finite, 0 or more and not both 0 (semantic %, keyword %)', semantic_weight, keyword_weight
             USING ERRCODE = 'data_exception';
     END IF;
 END $$;
@@ -102,6 +103,11 @@ BEGIN
     IF coalesce(current_setting('hnsw.iterative_scan', true), 'off') = 'off' THEN
         PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
     END IF;
+    -- pgvector stops an iterative scan after 20,000 tuples by default: a small tenant among many
+    -- others would get too few rows. The scan still stops as soon as it has enough.
+    IF coalesce(current_setting('hnsw.max_scan_tuples', true), '20000')::integer < {{max_scan_tuples}} THEN
+        PERFORM set_config('hnsw.max_scan_tuples', '{{max_scan_tuples}}', true);
+    END IF;
     IF coalesce(current_setting('hnsw.ef_search', true), '40')::integer < semsearch.chunk_rows(candidates) THEN
         PERFORM set_config('hnsw.ef_search', least(semsearch.chunk_rows(candidates), 1000)::text, true);
     END IF;
@@ -157,6 +163,7 @@ RETURNS SETOF text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
 BEGIN
+    PERFORM semsearch.check_search_args(candidates);
     PERFORM semsearch.cover_ef_search(candidates);
     IF arm = 'semantic' THEN
         PERFORM semsearch.check_query_vector(ix, query_embedding);

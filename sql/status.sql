@@ -20,12 +20,15 @@ DECLARE
 BEGIN
     FOR ix IN SELECT * FROM semsearch.indexes ORDER BY id LOOP
         index_name := ix.name;
-        source_table := ix.source::text;
+        source_table := CASE WHEN EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source) THEN ix.source::text
+                             ELSE '(dropped table)' END;
         model := ix.model;
         SELECT count(DISTINCT k), now() - min(q.queued_at) INTO pending, oldest_pending_age
           FROM semsearch.queue q, unnest(q.keys) k WHERE q.index_id = ix.id;
         backfilling := ix.backfill_pending;
-        problem := ix.problem;
+        problem := CASE WHEN source_table = '(dropped table)'
+                        THEN format('table changed: its table was dropped; SELECT semsearch.drop_index(%L) removes the index', ix.name)
+                        ELSE ix.problem END;
         SELECT count(*) INTO in_flight FROM pg_locks l
          WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid = ix.id::oid
            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());

@@ -36,7 +36,9 @@ def test_query_text_is_cleaned_not_rejected(indexed):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: Article.search.hybrid("x", vector=VECTOR, rrf_k=0), "rrf_k must be positive"),
+    (lambda: Article.search.hybrid("x", vector=VECTOR, rrf_k=0), "rrf_k must be an integer from 1"),
+    (lambda: Article.search.hybrid("x", vector=VECTOR, rrf_k=2.5), "rrf_k must be an integer from 1"),
+    (lambda: Article.search.keyword("x", limit=True), "limit must be an integer"),
     (lambda: Article.search.hybrid("x", vector=VECTOR, semantic_weight=-1), "semantic_weight must be"),
     (lambda: Article.search.hybrid("x", vector=VECTOR, semantic_weight=0, keyword_weight=0), "cannot both be 0"),
     (lambda: Article.search.keyword("x", limit=10**9), "limit must be an integer from 1 to 10000"),
@@ -59,6 +61,8 @@ def test_sql_functions_check_their_arguments(indexed, conn):
         (f"SELECT * FROM semsearch.hybrid_search('articles_search', 'x', '{vector}', 10, NULL, 0)", "rrf_k must be positive"),
         (f"SELECT * FROM semsearch.hybrid_search('articles_search', 'x', '{vector}', 10, NULL, 60, -1, 1)", "weights must be"),
         ("SELECT * FROM semsearch.keyword_search('articles_search', 'x', 1000000000)", "match_count must be from 1 to 10000"),
+        (f"SELECT * FROM semsearch.hybrid_search('articles_search', 'x', '{vector}', 10, NULL, 60, 'Infinity', 1)",
+         "weights must be finite"),
         (f"SELECT * FROM semsearch.semantic_search('articles_search', '{zeros}', 5)", "all zeros"),
     ]:
         with pytest.raises(psycopg.errors.DataException, match=message):

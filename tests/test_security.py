@@ -142,3 +142,60 @@ def test_worker_refuses_a_table_it_cannot_fully_see_and_deletes_nothing(tenants,
         assert owner.execute("SELECT count(*) FROM semsearch.store_docs_search WHERE content LIKE '%updated'"
                              ).fetchone() == (B_ROWS,)
         assert owner.execute("SELECT problem FROM semsearch.status").fetchone() == (None,)
+
+
+def test_an_application_role_runs_create_all_at_start_up(tenants):
+    """Its tables and indexes exist (the owner's migrations made them): create_all checks, changes nothing."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Doc(Base):
+        __tablename__ = "docs"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        tenant: Mapped[str]
+        body: Mapped[str]
+        search = SearchIndex("body", name="docs_search")
+
+    engine = create_engine(sqlalchemy_url(tenants["tenant_a"]))
+    Base.metadata.create_all(engine)
+
+    class Other(DeclarativeBase):
+        pass
+
+    class Missing(Other):
+        __tablename__ = "docs"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        body: Mapped[str]
+        search = SearchIndex("body", name="missing_search")
+
+    with pytest.raises(SemsearchError, match="'missing_search' does not exist, and role .* cannot create it"):
+        Other.metadata.create_all(engine)
+    engine.dispose()
+
+
+def test_key_rename_and_table_rename_keep_searches_working(tenants):
+    with psycopg.connect(tenants["owner"], autocommit=True) as owner:
+        owner.execute("ALTER TABLE docs RENAME COLUMN id TO doc_id")
+        owner.execute("ALTER TABLE docs RENAME TO documents")
+    with psycopg.connect(tenants["tenant_a"]) as a:
+        rows = a.execute("SELECT key FROM semsearch.keyword_search('docs_search', 'apple', 5)").fetchall()
+        assert len(rows) == 5 and all(int(k) <= A_ROWS for (k,) in rows)
+    out = subprocess.run(CLI + ["install", "--url", tenants["owner"]], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_column_privileges_are_honoured(tenants, db_url):
+    with psycopg.connect(db_url, autocommit=True) as su:
+        su.execute(f"CREATE ROLE viewer_{urlsplit(db_url).path[-8:]} LOGIN")
+    viewer = f"viewer_{urlsplit(db_url).path[-8:]}"
+    with psycopg.connect(tenants["owner"], autocommit=True) as owner:
+        owner.execute("ALTER TABLE docs DISABLE ROW LEVEL SECURITY")
+        owner.execute(f"GRANT SELECT (id, tenant) ON docs TO {viewer}")  # not body, the indexed column
+        owner.execute(f"SELECT semsearch.grant_app_role('{viewer}')")
+    with psycopg.connect(as_user(db_url, viewer)) as v:
+        assert v.execute("SELECT count(*) FROM semsearch.store_docs_search").fetchone() == (0,)
+        assert v.execute("SELECT * FROM semsearch.keyword_search('docs_search', 'apple', 5)").fetchall() == []
+    with psycopg.connect(db_url, autocommit=True) as su:
+        su.execute(f"DROP OWNED BY {viewer} CASCADE")
+        su.execute(f"DROP ROLE {viewer}")
