@@ -4,9 +4,10 @@ Two identical tables, one with a SearchIndex. Measured, interleaved so machine n
 - bulk: one INSERT statement carrying 10k rows from the client (what an application's bulk insert is);
 - bulk INSERT ... SELECT of 10k rows already on the server (the leanest possible insert: worst case);
 - single-row INSERTs, one statement each;
+- one UPDATE of the indexed column of 10k rows (the transition-table join);
 - 8 connections inserting single rows concurrently (each trigger NOTIFYs, and PostgreSQL serialises the
   commits of notifying transactions: this is where that would show).
-Prints ratios (with triggers / without).
+Prints ratios (with triggers / without); the two sides alternate which goes first, round by round.
 """
 from __future__ import annotations
 
@@ -80,24 +81,42 @@ def main() -> None:
                     t.join()
                 return time.perf_counter() - start
 
-            concurrent("plain"), concurrent("indexed")  # warm up
-            concurrent_ratio = statistics.median(concurrent("indexed") / concurrent("plain") for _ in range(ROUNDS))
+            def paired(run) -> float:
+                """Median over rounds of run("indexed") / run("plain"), the order alternating per round."""
+                run("plain"), run("indexed")  # warm up
+                results = []
+                for r in range(ROUNDS):
+                    if r % 2:
+                        plain, indexed = run("plain"), run("indexed")
+                    else:
+                        indexed, plain = run("indexed"), run("plain")
+                    results.append(indexed / plain)
+                return statistics.median(results)
+
+            def bulk_update(table: str) -> float:
+                """One UPDATE of the indexed column of 10k rows: the triggers' transition-table join."""
+                conn.execute(f"TRUNCATE {table}")
+                conn.execute(f"INSERT INTO {table} SELECT id, title, body, 0 FROM src")
+                conn.execute("DELETE FROM semsearch.queue")
+                start = time.perf_counter()
+                conn.execute(f"UPDATE {table} SET body = body || ' (edited)'")
+                return time.perf_counter() - start
+
+            ratios = {name: paired(lambda t, statements=statements: timed(t, statements(t)))
+                      for name, statements in cases.items()}
+            ratios["bulk_update"] = paired(bulk_update)
+            concurrent_ratio = paired(concurrent)
             # Worst case: a worker waits for work all along, so every write NOTIFYs. (A real idle worker
             # stops waiting at the first NOTIFY, and writes skip it while it works.)
             conn.execute("INSERT INTO semsearch.listeners (pid) VALUES (0)")
-            waiting_ratio = statistics.median(concurrent("indexed") / concurrent("plain") for _ in range(3))
+            waiting_ratio = paired(concurrent)
             conn.execute("DELETE FROM semsearch.listeners")
             for w in writers:
                 w.close()
-            ratios = {}
-            for name, statements in cases.items():
-                timed("plain", statements("plain")), timed("indexed", statements("indexed"))  # warm up
-                ratios[name] = statistics.median(
-                    timed("indexed", statements("indexed")) / timed("plain", statements("plain"))
-                    for _ in range(ROUNDS))
     print(f"rows per bulk insert: {ROWS}, single inserts per round: {SINGLE}, rounds: {ROUNDS}")
     print(f"bulk_insert_select_trigger_ratio: {ratios['bulk_select']:.3f}")
     print(f"single_insert_trigger_ratio: {ratios['single']:.3f}")
+    print(f"bulk_update_trigger_ratio: {ratios['bulk_update']:.3f}")
     print(f"concurrent writers: {WRITERS} x {PER_WRITER} single-row inserts")
     print(f"concurrent_insert_always_notify_ratio: {waiting_ratio:.3f}")
     print(f"bulk_insert_trigger_ratio: {ratios['bulk']:.3f}")
