@@ -7,11 +7,9 @@ import time
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from semsearch import SearchIndex, SemsearchError, Worker, install
-from semsearch.database import sqlalchemy_url
+from semsearch import SearchIndex, SemsearchError, Worker
 
 from .helpers import drain, store_rows
 from .models import Base
