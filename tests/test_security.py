@@ -98,12 +98,8 @@ def test_searches_never_show_score_or_rank_another_tenants_rows(tenants):
             a.rollback()
 
 
-def test_cli_and_orm_as_a_tenant(tenants):
-    out = subprocess.run(CLI + ["search", "docs_search", "apple confidential", "--mode", "keyword", "--limit", "10",
-                                "--url", tenants["tenant_a"]], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 10 and "confidential" not in out.stdout, out.stdout
+def docs_model(index_name="docs_search"):
+    """The tenants' table as an application maps it."""
 
     class Base(DeclarativeBase):
         pass
@@ -113,8 +109,19 @@ def test_cli_and_orm_as_a_tenant(tenants):
         id: Mapped[int] = mapped_column(primary_key=True)
         tenant: Mapped[str]
         body: Mapped[str]
-        search = SearchIndex("body", name="docs_search")
+        search = SearchIndex("body", name=index_name)
 
+    return Base, Doc
+
+
+def test_cli_and_orm_as_a_tenant(tenants):
+    out = subprocess.run(CLI + ["search", "docs_search", "apple confidential", "--mode", "keyword", "--limit", "10",
+                                "--url", tenants["tenant_a"]], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 10 and "confidential" not in out.stdout, out.stdout
+
+    Base, Doc = docs_model()
     engine = create_engine(sqlalchemy_url(tenants["tenant_a"]))
     with Session(engine) as session:
         rows = session.execute(Doc.search.keyword("apple confidential plan", limit=10)).all()
@@ -147,28 +154,11 @@ def test_worker_refuses_a_table_it_cannot_fully_see_and_deletes_nothing(tenants,
 def test_an_application_role_runs_create_all_at_start_up(tenants):
     """Its tables and indexes exist (the owner's migrations made them): create_all checks, changes nothing."""
 
-    class Base(DeclarativeBase):
-        pass
-
-    class Doc(Base):
-        __tablename__ = "docs"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        tenant: Mapped[str]
-        body: Mapped[str]
-        search = SearchIndex("body", name="docs_search")
-
+    Base, Doc = docs_model()
     engine = create_engine(sqlalchemy_url(tenants["tenant_a"]))
     Base.metadata.create_all(engine)
 
-    class Other(DeclarativeBase):
-        pass
-
-    class Missing(Other):
-        __tablename__ = "docs"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        body: Mapped[str]
-        search = SearchIndex("body", name="missing_search")
-
+    Other, _ = docs_model("missing_search")
     with pytest.raises(SemsearchError, match="'missing_search' does not exist, and role .* cannot create it"):
         Other.metadata.create_all(engine)
     engine.dispose()
