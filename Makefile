@@ -27,6 +27,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/freshness.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/trigger_overhead.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/async_search.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/quality.py
 
 clean:
 	rm -rf $(VENV)
