@@ -68,6 +68,7 @@ DEFAULT_CANDIDATES = 100       # each search arm's depth before fusion and filte
 MAX_RESULTS = 10_000           # largest limit or candidates a search accepts
 MAX_QUERY_CHARS = 10_000       # a longer query text is cut to this length
 MAX_SCAN_TUPLES = 1_000_000    # most HNSW tuples a filtered (row-level security) semantic arm visits
+SCAN_MEM_MULTIPLIER = 10       # ... and the memory it may use for that, in multiples of work_mem
 DDL_LOCK_TIMEOUT = "5s"        # longest wait for a lock on an application table
 
 
@@ -78,4 +79,5 @@ def sql_defaults() -> dict:
     options = {k: v for k, v in asdict(IndexOptions()).items() if k != "dimensions"}
     return {**options, "candidates": DEFAULT_CANDIDATES, "ddl_lock_timeout": DDL_LOCK_TIMEOUT,
             "max_results": MAX_RESULTS, "max_query_chars": MAX_QUERY_CHARS, "max_scan_tuples": MAX_SCAN_TUPLES,
+            "scan_mem_multiplier": SCAN_MEM_MULTIPLIER,
             "known_dimensions": json.dumps(KNOWN_DIMENSIONS)}

@@ -12,12 +12,12 @@ BEGIN
     IF candidates IS NOT NULL AND candidates NOT BETWEEN 1 AND {{max_results}} THEN
         RAISE EXCEPTION 'candidates must be from 1 to %, not %', {{max_results}}, candidates USING ERRCODE = 'data_exception';
     END IF;
-    IF rrf_k IS NULL OR rrf_k <= 0 THEN
-        RAISE EXCEPTION 'rrf_k must be positive, not %', rrf_k USING ERRCODE = 'data_exception';
+    IF rrf_k IS NULL OR rrf_k NOT BETWEEN 1 AND 1000000 THEN
+        RAISE EXCEPTION 'rrf_k must be from 1 to 1000000, not %', rrf_k USING ERRCODE = 'data_exception';
     END IF;
     IF semantic_weight IS NULL OR keyword_weight IS NULL OR semantic_weight < 0 OR keyword_weight < 0
        OR semantic_weight IN ('NaN', 'Infinity') OR keyword_weight IN ('NaN', 'Infinity')
-       OR semantic_weight + keyword_weight = 0 THEN
+       OR (semantic_weight = 0 AND keyword_weight = 0) THEN
         RAISE EXCEPTION 'weights must be finite, 0 or more and not both 0 (semantic %, keyword %)', semantic_weight, keyword_weight
             USING ERRCODE = 'data_exception';
     END IF;
@@ -107,6 +107,10 @@ BEGIN
     -- others would get too few rows. The scan still stops as soon as it has enough.
     IF coalesce(current_setting('hnsw.max_scan_tuples', true), '20000')::integer < {{max_scan_tuples}} THEN
         PERFORM set_config('hnsw.max_scan_tuples', '{{max_scan_tuples}}', true);
+    END IF;
+    -- It also stops at work_mem x hnsw.scan_mem_multiplier of memory (1 by default).
+    IF coalesce(current_setting('hnsw.scan_mem_multiplier', true), '1')::float8 < {{scan_mem_multiplier}} THEN
+        PERFORM set_config('hnsw.scan_mem_multiplier', '{{scan_mem_multiplier}}', true);
     END IF;
     IF coalesce(current_setting('hnsw.ef_search', true), '40')::integer < semsearch.chunk_rows(candidates) THEN
         PERFORM set_config('hnsw.ef_search', least(semsearch.chunk_rows(candidates), 1000)::text, true);

@@ -58,7 +58,7 @@ def test_sql_functions_check_their_arguments(indexed, conn):
     vector = "[" + ",".join(["0.1"] * 384) + "]"
     zeros = "[" + ",".join(["0"] * 384) + "]"
     for query, message in [
-        (f"SELECT * FROM semsearch.hybrid_search('articles_search', 'x', '{vector}', 10, NULL, 0)", "rrf_k must be positive"),
+        (f"SELECT * FROM semsearch.hybrid_search('articles_search', 'x', '{vector}', 10, NULL, 0)", "rrf_k must be from 1 to 1000000"),
         (f"SELECT * FROM semsearch.hybrid_search('articles_search', 'x', '{vector}', 10, NULL, 60, -1, 1)", "weights must be"),
         ("SELECT * FROM semsearch.keyword_search('articles_search', 'x', 1000000000)", "match_count must be from 1 to 10000"),
         (f"SELECT * FROM semsearch.hybrid_search('articles_search', 'x', '{vector}', 10, NULL, 60, 'Infinity', 1)",

@@ -189,3 +189,26 @@ def test_column_privileges_are_honoured(tenants, db_url):
     with psycopg.connect(db_url, autocommit=True) as su:
         su.execute(f"DROP OWNED BY {viewer} CASCADE")
         su.execute(f"DROP ROLE {viewer}")
+
+
+def test_a_small_tenant_among_many_rows_gets_its_full_limit(tenants):
+    """12 of A's rows among 30,000 of B's: the semantic arm's HNSW scan goes on (iterative scan) until it
+    has found A's rows; pgvector's default scan limits would stop it short."""
+    with psycopg.connect(tenants["owner"], autocommit=True) as owner:
+        b = owner.execute("SELECT tenant FROM docs WHERE id = 100").fetchone()[0]
+        owner.execute("INSERT INTO docs (id, tenant, body) SELECT g, %s, 'bulk ' || g FROM generate_series(1000, 30999) g",
+                      (b,))
+        owner.execute("DROP INDEX semsearch.store_docs_search_hnsw")
+        owner.execute("INSERT INTO semsearch.store_docs_search (key, chunk, content, embedding, model, content_hash) "
+                      "SELECT g::text, 0, 'bulk ' || g, (SELECT array_agg(random()::real - 0.5) "
+                      "FROM generate_series(1, 384) WHERE g > 0)::vector, 'm', '' FROM generate_series(1000, 30999) g")
+        owner.execute("SELECT semsearch.build_hnsw(semsearch.lookup_index('docs_search'))")
+        owner.execute("ANALYZE semsearch.store_docs_search")
+    vector = "[" + ",".join(str(v) for v in np.random.default_rng(2).standard_normal(384)) + "]"
+    with psycopg.connect(tenants["tenant_a"]) as a:
+        keys = [k for (k,) in a.execute("SELECT key FROM semsearch.semantic_search('docs_search', %s::vector, 10)",
+                                        (vector,)).fetchall()]
+        assert len(keys) == 10 and all(int(k) <= A_ROWS for k in keys), keys
+        plan = "\n".join(r[0] for r in a.execute(
+            "SELECT * FROM semsearch.explain('docs_search', 'semantic', 'x', %s::vector, 10)", (vector,)))
+        assert "store_docs_search_hnsw" in plan, plan
