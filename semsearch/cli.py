@@ -141,16 +141,17 @@ def cmd_search(args) -> None:
         model, store = conn.execute(
             "SELECT model, store_table FROM semsearch.lookup_index(%s)", (args.index,)).fetchone()
         if args.mode == "keyword":
-            rows = conn.execute("SELECT key, score FROM semsearch.keyword_search(%s, %s, %s)",
-                                (args.index, args.query, args.limit)).fetchall()
+            rows = conn.execute("SELECT key, score FROM semsearch.keyword_search(%s, %s, %s, %s)",
+                                (args.index, args.query, args.limit, args.syntax)).fetchall()
         else:
             vector = get_embedder(model).encode([args.query])[0]
             if args.mode == "semantic":
                 rows = conn.execute("SELECT key, score FROM semsearch.semantic_search(%s, %s, %s)",
                                     (args.index, vector, args.limit)).fetchall()
             else:
-                rows = conn.execute("SELECT key, score FROM semsearch.hybrid_search(%s, %s, %s, %s)",
-                                    (args.index, args.query, vector, args.limit)).fetchall()
+                rows = conn.execute("SELECT key, score FROM semsearch.hybrid_search(%s, %s, %s, %s, "
+                                    "keyword_syntax => %s)",
+                                    (args.index, args.query, vector, args.limit, args.syntax)).fetchall()
         snippets = dict(conn.execute(
             sql.SQL("SELECT DISTINCT ON (key) key, content FROM semsearch.{} WHERE key = ANY(%s) ORDER BY key, chunk")
             .format(sql.Identifier(store)), ([key for key, _ in rows],)).fetchall())
@@ -241,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("--mode", choices=["hybrid", "semantic", "keyword"], default="hybrid")
     p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--syntax", choices=["or", "websearch", "phrase", "prefix"], default="or",
+                   help="keyword query syntax: or (natural language), websearch (\"quoted\", OR, -excluded), "
+                        "phrase, prefix")
 
     p = add("backfill", cmd_backfill, "(re-)queue an index's rows, all or those matching --where")
     p.add_argument("index")

@@ -112,17 +112,19 @@ class SearchIndex:
 
         return semantic(self, query, vector=vector, limit=limit, candidates=candidates)
 
-    def keyword(self, query: str, *, limit: int = 10, candidates: int | None = None) -> Select:
+    def keyword(self, query: str, *, limit: int = 10, candidates: int | None = None, syntax: str = "or") -> Select:
+        """syntax: "or" (natural language), "websearch" ("quoted", OR, -excluded), "phrase" or "prefix"."""
         from .query import keyword
 
-        return keyword(self, query, limit=limit, candidates=candidates)
+        return keyword(self, query, limit=limit, candidates=candidates, syntax=syntax)
 
     def hybrid(self, query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
-               rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0) -> Select:
+               rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0,
+               keyword_syntax: str = "or") -> Select:
         from .query import hybrid
 
         return hybrid(self, query, vector=vector, limit=limit, candidates=candidates, rrf_k=rrf_k,
-                      semantic_weight=semantic_weight, keyword_weight=keyword_weight)
+                      semantic_weight=semantic_weight, keyword_weight=keyword_weight, keyword_syntax=keyword_syntax)
 
     async def asemantic(self, query: str | None = None, *, vector=None, limit: int = 10,
                         candidates: int | None = None) -> Select:
@@ -132,17 +134,20 @@ class SearchIndex:
             vector = await embed_query_async(self, query)
         return self.semantic(vector=vector, limit=limit, candidates=candidates)
 
-    async def akeyword(self, query: str, *, limit: int = 10, candidates: int | None = None) -> Select:
-        return self.keyword(query, limit=limit, candidates=candidates)
+    async def akeyword(self, query: str, *, limit: int = 10, candidates: int | None = None,
+                       syntax: str = "or") -> Select:
+        return self.keyword(query, limit=limit, candidates=candidates, syntax=syntax)
 
     async def ahybrid(self, query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
-                      rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0) -> Select:
+                      rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0,
+                      keyword_syntax: str = "or") -> Select:
         from .query import embed_query_async
 
         if vector is None:
             vector = await embed_query_async(self, query)
         return self.hybrid(query, vector=vector, limit=limit, candidates=candidates, rrf_k=rrf_k,
-                           semantic_weight=semantic_weight, keyword_weight=keyword_weight)
+                           semantic_weight=semantic_weight, keyword_weight=keyword_weight,
+                           keyword_syntax=keyword_syntax)
 
 
 @event.listens_for(Mapper, "instrument_class")

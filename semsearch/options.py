@@ -65,6 +65,7 @@ OPTION_NAMES = tuple(f.name for f in fields(IndexOptions))
 
 # Defaults that exist only on the SQL side of a query or of DDL.
 DEFAULT_CANDIDATES = 100       # each search arm's depth before fusion and filters
+KEYWORD_SYNTAXES = ("or", "websearch", "phrase", "prefix")  # see semsearch.keyword_query in sql/search.sql
 MAX_RESULTS = 10_000           # largest limit or candidates a search accepts
 MAX_QUERY_CHARS = 10_000       # a longer query text is cut to this length
 MAX_SCAN_TUPLES = 1_000_000    # most HNSW tuples a filtered (row-level security) semantic arm visits

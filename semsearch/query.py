@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from .embedder import get_embedder
 from .errors import InvalidQuery
-from .options import DEFAULT_CANDIDATES, MAX_QUERY_CHARS, MAX_RESULTS
+from .options import DEFAULT_CANDIDATES, KEYWORD_SYNTAXES, MAX_QUERY_CHARS, MAX_RESULTS
 
 if TYPE_CHECKING:
     from .declaration import SearchIndex
@@ -65,6 +65,12 @@ def _window(limit: int, candidates: int | None) -> int:
     return max(candidates or DEFAULT_CANDIDATES, limit)
 
 
+def _syntax(syntax: str) -> str:
+    if syntax not in KEYWORD_SYNTAXES:
+        raise InvalidQuery(f"keyword syntax must be one of {', '.join(KEYWORD_SYNTAXES)}, not {syntax!r}")
+    return syntax
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -107,22 +113,26 @@ def semantic(index: "SearchIndex", query: str | None = None, *, vector=None, lim
     return _rank(index, results, limit)
 
 
-def keyword(index: "SearchIndex", query: str, *, limit: int = 10, candidates: int | None = None) -> Select:
+def keyword(index: "SearchIndex", query: str, *, limit: int = 10, candidates: int | None = None,
+            syntax: str = "or") -> Select:
     results = func.semsearch.keyword_search(
-        index.name, clean_query(query), _window(limit, candidates)
+        index.name, clean_query(query), _window(limit, candidates), _syntax(syntax)
     ).table_valued(column("key", Text), column("score", Float), column("rank", Integer))
     return _rank(index, results, limit)
 
 
 def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
-           rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0) -> Select:
+           rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0,
+           keyword_syntax: str = "or") -> Select:
     window = _window(limit, candidates)
     _fusion(rrf_k, semantic_weight, keyword_weight)
+    _syntax(keyword_syntax)
     query = clean_query(query)
     if vector is None:
         vector = embed_query(index, query)
     results = func.semsearch.hybrid_search(
-        index.name, query, _vector_param(index, vector), window, window, rrf_k, semantic_weight, keyword_weight
+        index.name, query, _vector_param(index, vector), window, window, rrf_k, semantic_weight, keyword_weight,
+        keyword_syntax
     ).table_valued(column("key", Text), column("score", Float), column("semantic_rank", Integer),
                    column("keyword_rank", Integer))
     return _rank(index, results, limit)

@@ -1,6 +1,19 @@
 -- Search functions: the semantic arm (HNSW), the keyword arm (tsvector + GIN) and their fusion.
 -- The ORM's queries call these same functions, so ORM and raw-SQL users run the same search SQL.
 
+-- Signatures this version replaced (a new trailing argument would otherwise make calls ambiguous).
+DO $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p
+               WHERE p.pronamespace = 'semsearch'::regnamespace
+                 AND p.proname IN ('arm_sql', 'keyword_search', 'hybrid_search')
+                 AND NOT (p.proargnames && ARRAY['syntax', 'keyword_syntax']) LOOP
+        EXECUTE format('DROP FUNCTION %s', fn);
+    END LOOP;
+END $$;
+
 -- Search arguments in range, with errors that say so (not DivisionByZero or integer overflow).
 CREATE OR REPLACE FUNCTION semsearch.check_search_args(match_count integer, candidates integer DEFAULT NULL,
     rrf_k integer DEFAULT 60, semantic_weight float8 DEFAULT 1, keyword_weight float8 DEFAULT 1)
@@ -31,6 +44,30 @@ RETURNS tsquery LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalo
     SELECT string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery
     FROM unnest(tsvector_to_array(to_tsvector(config, left(coalesce(query_text, ''), {{max_query_chars}})))) AS lexeme
 $$;
+
+-- The keyword arm's query, by syntax: 'or' (default: every lexeme of a natural-language question may
+-- match, ranking decides), 'websearch' (websearch_to_tsquery: "quoted phrases", OR, -excluded),
+-- 'phrase' (the words next to each other, in order) or 'prefix' (any word starting with a query word).
+-- NULL when nothing is left to match, so no empty-query NOTICE.
+CREATE OR REPLACE FUNCTION semsearch.keyword_query(config regconfig, query_text text, syntax text DEFAULT 'or')
+RETURNS tsquery LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q tsquery;
+    t text := left(coalesce(query_text, ''), {{max_query_chars}});
+BEGIN
+    IF syntax IS NULL OR syntax NOT IN ('or', 'websearch', 'phrase', 'prefix') THEN
+        RAISE EXCEPTION 'unknown keyword syntax "%"', syntax
+            USING ERRCODE = 'data_exception', HINT = 'Use or, websearch, phrase or prefix.';
+    END IF;
+    q := CASE syntax
+        WHEN 'or' THEN semsearch.or_query(config, t)
+        WHEN 'websearch' THEN websearch_to_tsquery(config, t)
+        WHEN 'phrase' THEN phraseto_tsquery(config, t)
+        ELSE (SELECT string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || ''':*', ' | ')::tsquery
+                FROM unnest(tsvector_to_array(to_tsvector(config, t))) AS lexeme)
+        END;
+    RETURN CASE WHEN numnode(q) > 0 THEN q END;
+END $$;
 
 -- The distance operator, schema-qualified (works under any search_path).
 CREATE OR REPLACE FUNCTION semsearch.distance_operator(distance text)
@@ -66,8 +103,8 @@ BEGIN
 END $$;
 
 -- The query text of each search arm, shared by the search functions and semsearch.explain.
--- $1 = query text or embedding, $2 = number of candidates.
-CREATE OR REPLACE FUNCTION semsearch.arm_sql(ix semsearch.indexes, arm text)
+-- $1 = query text or embedding, $2 = number of candidates; syntax: the keyword query's (keyword_query).
+CREATE OR REPLACE FUNCTION semsearch.arm_sql(ix semsearch.indexes, arm text, syntax text DEFAULT 'or')
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     op text := semsearch.distance_operator(ix.distance);
@@ -83,9 +120,9 @@ BEGIN
     ELSIF arm = 'keyword' THEN
         RETURN format('SELECT key, max(r)::float8 AS score, row_number() OVER (ORDER BY max(r) DESC)::integer AS rank '
                       'FROM (SELECT s.key, ts_rank(s.tsv, q) AS r FROM semsearch.%I s, '
-                      'semsearch.or_query(%L::regconfig, $1) q WHERE s.tsv @@ q) c '
+                      'semsearch.keyword_query(%L::regconfig, $1, %L) q WHERE s.tsv @@ q) c '
                       'GROUP BY key ORDER BY max(r) DESC LIMIT $2',
-                      ix.store_table, ix.ts_config::text);
+                      ix.store_table, ix.ts_config::text, syntax);
     END IF;
     RAISE EXCEPTION 'unknown search arm "%"', arm USING HINT = 'Use semantic or keyword.';
 END $$;
@@ -130,11 +167,12 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION semsearch.keyword_search(
-    index_name text, query_text text, match_count integer DEFAULT 10)
+    index_name text, query_text text, match_count integer DEFAULT 10, syntax text DEFAULT 'or')
 RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM semsearch.check_search_args(match_count);
-    RETURN QUERY EXECUTE semsearch.arm_sql(semsearch.lookup_index(index_name), 'keyword')
+    PERFORM semsearch.keyword_query('simple', '', syntax);  -- an unknown syntax is an error
+    RETURN QUERY EXECUTE semsearch.arm_sql(semsearch.lookup_index(index_name), 'keyword', syntax)
         USING query_text, match_count;
 END $$;
 
@@ -142,7 +180,7 @@ END $$;
 CREATE OR REPLACE FUNCTION semsearch.hybrid_search(
     index_name text, query_text text, query_embedding vector, match_count integer DEFAULT 10,
     candidates integer DEFAULT NULL, rrf_k integer DEFAULT 60,
-    semantic_weight float8 DEFAULT 1.0, keyword_weight float8 DEFAULT 1.0)
+    semantic_weight float8 DEFAULT 1.0, keyword_weight float8 DEFAULT 1.0, keyword_syntax text DEFAULT 'or')
 RETURNS TABLE (key text, score float8, semantic_rank integer, keyword_rank integer) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
@@ -150,13 +188,14 @@ DECLARE
 BEGIN
     PERFORM semsearch.check_search_args(match_count, candidates, rrf_k, semantic_weight, keyword_weight);
     PERFORM semsearch.check_query_vector(ix, query_embedding);
+    PERFORM semsearch.keyword_query('simple', '', keyword_syntax);
     PERFORM semsearch.cover_ef_search(n);
     RETURN QUERY EXECUTE format(
         'WITH s AS (%s), k AS (%s) '
         'SELECT coalesce(s.key, k.key), '
         '       (coalesce($4 / ($3 + s.rank), 0) + coalesce($5 / ($3 + k.rank), 0))::float8, s.rank, k.rank '
         'FROM s FULL JOIN k ON s.key = k.key ORDER BY 2 DESC, 1 LIMIT $6',
-        replace(semsearch.arm_sql(ix, 'semantic'), '$1', '$7'), semsearch.arm_sql(ix, 'keyword'))
+        replace(semsearch.arm_sql(ix, 'semantic'), '$1', '$7'), semsearch.arm_sql(ix, 'keyword', keyword_syntax))
         USING query_text, n, rrf_k::float8, semantic_weight, keyword_weight, match_count, query_embedding;
 END $$;
 

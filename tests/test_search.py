@@ -1,9 +1,11 @@
 """Search with the real model: ORM selects and raw SQL functions."""
+import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from semsearch import SemsearchError
 from semsearch.embedder import get_embedder
 
 from .helpers import drain
@@ -142,3 +144,29 @@ def test_explain_shows_hnsw_and_gin_at_the_depth_queries_use(engine, conn, fake_
     keyword = "\n".join(r[0] for r in conn.execute(
         "SELECT * FROM semsearch.explain('articles_search', 'keyword', 'aardvark', %s, 100)", (vector,)))
     assert "Bitmap Index Scan on store_articles_search_gin" in keyword
+
+
+def test_keyword_syntaxes(engine, conn, db_url, fake_embedder):
+    Base.metadata.create_all(engine)
+    conn.execute("INSERT INTO articles (id, title, body, views) VALUES "
+                 "(1, 'Red apples', 'crisp red apples from the orchard', 0), "
+                 "(2, 'Apple pie', 'bake apples and red currants in a pie', 0), "
+                 "(3, 'Applications', 'software applications for farmers', 0)")
+    drain(db_url, fake_embedder("all-MiniLM-L6-v2"))
+
+    def ids(stmt):
+        with Session(engine) as s:
+            return sorted(a.id for a, _ in s.execute(stmt))
+
+    assert ids(Article.search.keyword("red apples")) == [1, 2]                       # or: either word
+    assert ids(Article.search.keyword("red apples", syntax="phrase")) == [1]         # next to each other
+    assert ids(Article.search.keyword('"red apples" -orchard', syntax="websearch")) == []
+    assert ids(Article.search.keyword("apples -pie", syntax="websearch")) == [1]
+    assert ids(Article.search.keyword("appl", syntax="prefix")) == [1, 2, 3]
+    assert ids(Article.search.hybrid("red apples", vector=[0.1] * 384, keyword_syntax="phrase", limit=3))
+    assert conn.execute("SELECT key FROM semsearch.keyword_search('articles_search', 'red apples', 5, 'phrase')"
+                        ).fetchall() == [("1",)]
+    with pytest.raises(psycopg.errors.DataException, match='unknown keyword syntax "regex"'):
+        conn.execute("SELECT * FROM semsearch.keyword_search('articles_search', 'x', 5, 'regex')")
+    with pytest.raises(SemsearchError, match="keyword syntax must be one of"):
+        Article.search.keyword("x", syntax="regex")
