@@ -120,11 +120,12 @@ class SearchIndex:
 
     def hybrid(self, query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
                rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0,
-               keyword_syntax: str = "or") -> Select:
+               keyword_syntax: str = "or", arm_scores: bool = False) -> Select:
         from .query import hybrid
 
         return hybrid(self, query, vector=vector, limit=limit, candidates=candidates, rrf_k=rrf_k,
-                      semantic_weight=semantic_weight, keyword_weight=keyword_weight, keyword_syntax=keyword_syntax)
+                      semantic_weight=semantic_weight, keyword_weight=keyword_weight, keyword_syntax=keyword_syntax,
+                      arm_scores=arm_scores)
 
     async def asemantic(self, query: str | None = None, *, vector=None, limit: int = 10,
                         candidates: int | None = None) -> Select:
@@ -140,14 +141,14 @@ class SearchIndex:
 
     async def ahybrid(self, query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
                       rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0,
-                      keyword_syntax: str = "or") -> Select:
+                      keyword_syntax: str = "or", arm_scores: bool = False) -> Select:
         from .query import embed_query_async
 
         if vector is None:
             vector = await embed_query_async(self, query)
         return self.hybrid(query, vector=vector, limit=limit, candidates=candidates, rrf_k=rrf_k,
                            semantic_weight=semantic_weight, keyword_weight=keyword_weight,
-                           keyword_syntax=keyword_syntax)
+                           keyword_syntax=keyword_syntax, arm_scores=arm_scores)
 
 
 @event.listens_for(Mapper, "instrument_class")

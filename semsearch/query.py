@@ -86,7 +86,7 @@ def _fusion(rrf_k, semantic_weight, keyword_weight) -> None:
         raise InvalidQuery("semantic_weight and keyword_weight cannot both be 0")
 
 
-def _rank(index: "SearchIndex", results, limit: int) -> Select:
+def _rank(index: "SearchIndex", results, limit: int, *extra) -> Select:
     """Join the function's keys to the model's rows (any primary key: see sql/keys.sql)."""
     keys = list(index.table.primary_key.columns)
     if len(keys) == 1:
@@ -95,7 +95,7 @@ def _rank(index: "SearchIndex", results, limit: int) -> Select:
         values = cast(results.c.key, JSONB)
         match = and_(*(key == cast(values[i].astext, key.type) for i, key in enumerate(keys)))
     return (
-        select(index.model_class, results.c.score.label("score"))
+        select(index.model_class, results.c.score.label("score"), *extra)
         .join(results, match)
         .order_by(results.c.score.desc(), *keys)
         .limit(limit)
@@ -123,7 +123,9 @@ def keyword(index: "SearchIndex", query: str, *, limit: int = 10, candidates: in
 
 def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
            rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0,
-           keyword_syntax: str = "or") -> Select:
+           keyword_syntax: str = "or", arm_scores: bool = False) -> Select:
+    """arm_scores=True adds each arm's rank and score to every row (semantic_rank, semantic_score,
+    keyword_rank, keyword_score; None where that arm did not find the row), to tune weights with."""
     window = _window(limit, candidates)
     _fusion(rrf_k, semantic_weight, keyword_weight)
     _syntax(keyword_syntax)
@@ -134,8 +136,10 @@ def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, ca
         index.name, query, _vector_param(index, vector), window, window, rrf_k, semantic_weight, keyword_weight,
         keyword_syntax
     ).table_valued(column("key", Text), column("score", Float), column("semantic_rank", Integer),
-                   column("keyword_rank", Integer))
-    return _rank(index, results, limit)
+                   column("keyword_rank", Integer), column("semantic_score", Float), column("keyword_score", Float))
+    extra = [results.c.semantic_rank, results.c.semantic_score, results.c.keyword_rank,
+             results.c.keyword_score] if arm_scores else []
+    return _rank(index, results, limit, *extra)
 
 
 def preload(*models: str) -> None:

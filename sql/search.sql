@@ -8,8 +8,8 @@ DECLARE
 BEGIN
     FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p
                WHERE p.pronamespace = 'semsearch'::regnamespace
-                 AND p.proname IN ('arm_sql', 'keyword_search', 'hybrid_search')
-                 AND NOT (p.proargnames && ARRAY['syntax', 'keyword_syntax']) LOOP
+                 AND ((p.proname IN ('arm_sql', 'keyword_search') AND NOT p.proargnames && ARRAY['syntax'])
+                      OR (p.proname = 'hybrid_search' AND NOT p.proargnames && ARRAY['semantic_score'])) LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;
 END $$;
@@ -176,12 +176,14 @@ BEGIN
         USING query_text, match_count;
 END $$;
 
--- Hybrid search: reciprocal rank fusion, score = sum over arms of weight / (rrf_k + rank).
+-- Hybrid search: reciprocal rank fusion, score = sum over arms of weight / (rrf_k + rank). Each row also
+-- carries each arm's rank and score (NULL where that arm did not find it), to tune weights with.
 CREATE OR REPLACE FUNCTION semsearch.hybrid_search(
     index_name text, query_text text, query_embedding vector, match_count integer DEFAULT 10,
     candidates integer DEFAULT NULL, rrf_k integer DEFAULT 60,
     semantic_weight float8 DEFAULT 1.0, keyword_weight float8 DEFAULT 1.0, keyword_syntax text DEFAULT 'or')
-RETURNS TABLE (key text, score float8, semantic_rank integer, keyword_rank integer) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS TABLE (key text, score float8, semantic_rank integer, keyword_rank integer,
+               semantic_score float8, keyword_score float8) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
     n  integer := greatest(coalesce(candidates, {{candidates}}), match_count);  -- each arm's depth
@@ -193,7 +195,8 @@ BEGIN
     RETURN QUERY EXECUTE format(
         'WITH s AS (%s), k AS (%s) '
         'SELECT coalesce(s.key, k.key), '
-        '       (coalesce($4 / ($3 + s.rank), 0) + coalesce($5 / ($3 + k.rank), 0))::float8, s.rank, k.rank '
+        '       (coalesce($4 / ($3 + s.rank), 0) + coalesce($5 / ($3 + k.rank), 0))::float8, s.rank, k.rank, '
+        '       s.score, k.score '
         'FROM s FULL JOIN k ON s.key = k.key ORDER BY 2 DESC, 1 LIMIT $6',
         replace(semsearch.arm_sql(ix, 'semantic'), '$1', '$7'), semsearch.arm_sql(ix, 'keyword', keyword_syntax))
         USING query_text, n, rrf_k::float8, semantic_weight, keyword_weight, match_count, query_embedding;

@@ -170,3 +170,18 @@ def test_keyword_syntaxes(engine, conn, db_url, fake_embedder):
         conn.execute("SELECT * FROM semsearch.keyword_search('articles_search', 'x', 5, 'regex')")
     with pytest.raises(SemsearchError, match="keyword syntax must be one of"):
         Article.search.keyword("x", syntax="regex")
+
+
+def test_hybrid_rows_expose_each_arms_rank_and_score(corpus, conn):
+    with Session(corpus) as s:
+        rows = s.execute(Article.search.hybrid("baking bread at home", limit=5, arm_scores=True)).all()
+    assert rows and rows[0][0].title == "Sourdough"
+    top = rows[0]
+    assert top.semantic_rank == 1 and top.keyword_rank == 1 and 0 < top.semantic_score <= 1 and top.keyword_score > 0
+    assert top.score == pytest.approx(1 / 61 + 1 / 61)  # RRF with rrf_k 60 and weight 1 per arm
+    for row in rows:  # an arm that did not find a row gives None for both its rank and its score
+        assert (row.semantic_rank is None) == (row.semantic_score is None)
+        assert (row.keyword_rank is None) == (row.keyword_score is None)
+    with Session(corpus) as s:
+        plain = s.execute(Article.search.hybrid("baking bread at home", limit=5)).all()
+    assert [len(r) for r in plain] == [2] * len(plain)  # the default stays (Model, score)
