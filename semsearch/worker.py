@@ -254,8 +254,8 @@ class Worker:
                 indexes = load_indexes(conn, self.index_names)
                 conn.commit()
                 self._check_indexes(conn, indexes)
-                self._backfill(conn, [ix for ix in indexes if not self._unusable(ix)])
-            usable = [ix for ix in indexes if not self._unusable(ix)]
+                self._backfill(conn, self._usable(indexes))
+            usable = self._usable(indexes)
             try:
                 done = 0
                 for ix in usable:
@@ -281,7 +281,7 @@ class Worker:
                 # Announce before looking at the queue once more: a write that commits after this
                 # look sees us waiting and NOTIFYs; writes while we are busy skip the NOTIFY.
                 waiting = self._set_waiting(conn, True)
-            pending, next_due = self._pending(conn, [ix for ix in indexes if not self._unusable(ix)])
+            pending, next_due = self._pending(conn, self._usable(indexes))
             indexes = None
             if drain and not pending:
                 if self._problems:
@@ -307,6 +307,9 @@ class Worker:
                 self._report_unusable(conn, ix, IndexUnusable(problem))
             elif ix.name in self._problems and self._problems[ix.name][0].startswith("table changed"):
                 del self._problems[ix.name]
+
+    def _usable(self, indexes: list[IndexSpec]) -> list[IndexSpec]:
+        return [ix for ix in indexes if not self._unusable(ix)]
 
     def _unusable(self, ix: IndexSpec) -> bool:
         """An index that failed as a whole is retried once a minute, not on every batch."""
@@ -393,7 +396,7 @@ class Worker:
 
     def process_batch(self, conn: psycopg.Connection, ix: IndexSpec) -> int:
         """Claim and process up to batch_size queued keys; returns how many keys were settled."""
-        self._index_embedder(ix)  # load the model before claiming anything: claimed keys never wait for it
+        embedder = self._index_embedder(ix)  # load the model before claiming anything: claimed keys never wait
         with conn.transaction():
             # Source table, then store, then queue rows: the order an application's TRUNCATE and drop_index
             # take them in, so a worker never deadlocks with them.
@@ -442,15 +445,14 @@ class Worker:
                 # again later and cost only a hash comparison.
                 conn.execute("DELETE FROM semsearch.queue WHERE id = ANY(%s)",
                              ([row.id for row in taken if locked.issuperset(row.keys)],))
-                self._settle(conn, ix, list(items.values()))
+                self._settle(conn, ix, embedder, list(items.values()))
         if split:
             return self.process_batch(conn, ix)
         if self.on_progress:
             self.on_progress(len(items))
         return len(items)
 
-    def _settle(self, conn: psycopg.Connection, ix: IndexSpec, items: list[Item]) -> None:
-        embedder = self._index_embedder(ix)
+    def _settle(self, conn: psycopg.Connection, ix: IndexSpec, embedder: Embedder, items: list[Item]) -> None:
         self._clear_problem(conn, ix)
         texts = self._read_source(conn, ix, [i.key for i in items])
         gone = [i.key for i in items if i.key not in texts]
