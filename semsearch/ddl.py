@@ -18,8 +18,8 @@ from .options import IndexOptions, sql_defaults
 _PACKAGE = Path(__file__).resolve().parent
 
 # Tables first, in version order; then the functions, each file needing only those before it.
-SCHEMA_FILES = ("0001_schema.sql",)
-FUNCTION_FILES = ("keys.sql", "queue.sql", "ddl.sql", "search.sql", "status.sql", "access.sql")
+SCHEMA_FILES = ("0001_schema.sql", "0002_keywords.sql")
+FUNCTION_FILES = ("keys.sql", "queue.sql", "keywords.sql", "ddl.sql", "search.sql", "status.sql", "access.sql")
 
 
 def sql_dir() -> Path:
@@ -37,6 +37,8 @@ def sql_literal(value) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return repr(value) + "::float8"
     if isinstance(value, (list, tuple)):
         return "ARRAY[" + ", ".join(sql_literal(v) for v in value) + "]::text[]" if value else "'{}'::text[]"
     return "'" + str(value).replace("'", "''") + "'"
@@ -121,8 +123,12 @@ class CreateSearchIndex(SemsearchDDL):
         args = [sql_literal(self.name), sql_literal(qualified_table(self.table, self.schema)) + "::regclass",
                 sql_literal(self.columns), sql_literal(o.model), sql_literal(o.dimensions)]
         named = {"distance": o.distance, "ts_config": o.ts_config, "chunk_tokens": o.chunk_tokens,
-                 "chunk_overlap": o.chunk_overlap, "hnsw_m": o.hnsw_m, "hnsw_ef_construction": o.hnsw_ef_construction}
+                 "chunk_overlap": o.chunk_overlap, "hnsw_m": o.hnsw_m, "hnsw_ef_construction": o.hnsw_ef_construction,
+                 "bm25_k1": float(o.bm25_k1), "bm25_b": float(o.bm25_b)}
         args += [f"{k} => {sql_literal(v)}" for k, v in named.items()]
+        o.check_weights(self.columns)
+        if o.weights:
+            args.append(f"weights => {sql_literal(json.dumps(dict(o.weights)))}::jsonb")
         return f"SELECT semsearch.create_index({', '.join(args)})"
 
 
@@ -133,7 +139,8 @@ class AlterSearchIndex(SemsearchDDL):
         self.name, self.changes = name, dict(changes)
 
     def sql(self) -> str:
-        return f"SELECT semsearch.alter_index({sql_literal(self.name)}, {sql_literal(json.dumps(self.changes))}::jsonb)"
+        changes = {k: dict(v or ()) if k == "weights" else v for k, v in self.changes.items()}
+        return f"SELECT semsearch.alter_index({sql_literal(self.name)}, {sql_literal(json.dumps(changes))}::jsonb)"
 
 
 class DropSearchIndex(SemsearchDDL):

@@ -106,49 +106,49 @@ class SearchIndex:
 
     # Queries (semsearch.query): each returns a Select of (Model, score); the a* twins embed the
     # query text in a worker thread, so an event loop never waits on the model.
+    # filter= (a condition on the model, e.g. Article.tenant_id == 7) applies inside each arm, before
+    # its top candidates are taken; a .where() on the returned select filters only those candidates.
     def semantic(self, query: str | None = None, *, vector=None, limit: int = 10,
-                 candidates: int | None = None) -> Select:
+                 candidates: int | None = None, filter=None) -> Select:
         from .query import semantic
 
-        return semantic(self, query, vector=vector, limit=limit, candidates=candidates)
+        return semantic(self, query, vector=vector, limit=limit, candidates=candidates, filter=filter)
 
-    def keyword(self, query: str, *, limit: int = 10, candidates: int | None = None, syntax: str = "or") -> Select:
-        """syntax: "or" (natural language), "websearch" ("quoted", OR, -excluded), "phrase" or "prefix"."""
+    def keyword(self, query: str, *, limit: int = 10, candidates: int | None = None, syntax: str = "or",
+                filter=None) -> Select:
+        """BM25 ranking. syntax: "or" (natural language), "websearch" ("quoted", OR, -excluded), "phrase"
+        or "prefix"."""
         from .query import keyword
 
-        return keyword(self, query, limit=limit, candidates=candidates, syntax=syntax)
+        return keyword(self, query, limit=limit, candidates=candidates, syntax=syntax, filter=filter)
 
-    def hybrid(self, query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
-               rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0,
-               keyword_syntax: str = "or", arm_scores: bool = False) -> Select:
+    def hybrid(self, query: str, *, vector=None, limit: int = 10, **options) -> Select:
+        """Both arms, fused. Options: fusion ("rrf", "minmax", "zscore"), rrf_k, semantic_weight,
+        keyword_weight, candidates (each arm's depth) or semantic_candidates / keyword_candidates,
+        keyword_syntax, filter, arm_scores (each arm's rank and score on every row). Defaults:
+        semsearch.options."""
         from .query import hybrid
 
-        return hybrid(self, query, vector=vector, limit=limit, candidates=candidates, rrf_k=rrf_k,
-                      semantic_weight=semantic_weight, keyword_weight=keyword_weight, keyword_syntax=keyword_syntax,
-                      arm_scores=arm_scores)
+        return hybrid(self, query, vector=vector, limit=limit, **options)
 
     async def asemantic(self, query: str | None = None, *, vector=None, limit: int = 10,
-                        candidates: int | None = None) -> Select:
+                        candidates: int | None = None, filter=None) -> Select:
         from .query import embed_query_async
 
         if vector is None:
             vector = await embed_query_async(self, query)
-        return self.semantic(vector=vector, limit=limit, candidates=candidates)
+        return self.semantic(vector=vector, limit=limit, candidates=candidates, filter=filter)
 
     async def akeyword(self, query: str, *, limit: int = 10, candidates: int | None = None,
-                       syntax: str = "or") -> Select:
-        return self.keyword(query, limit=limit, candidates=candidates, syntax=syntax)
+                       syntax: str = "or", filter=None) -> Select:
+        return self.keyword(query, limit=limit, candidates=candidates, syntax=syntax, filter=filter)
 
-    async def ahybrid(self, query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
-                      rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0,
-                      keyword_syntax: str = "or", arm_scores: bool = False) -> Select:
+    async def ahybrid(self, query: str, *, vector=None, limit: int = 10, **options) -> Select:
         from .query import embed_query_async
 
         if vector is None:
             vector = await embed_query_async(self, query)
-        return self.hybrid(query, vector=vector, limit=limit, candidates=candidates, rrf_k=rrf_k,
-                           semantic_weight=semantic_weight, keyword_weight=keyword_weight,
-                           keyword_syntax=keyword_syntax, arm_scores=arm_scores)
+        return self.hybrid(query, vector=vector, limit=limit, **options)
 
 
 @event.listens_for(Mapper, "instrument_class")

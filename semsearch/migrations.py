@@ -93,7 +93,8 @@ class DropSearchIndexOp(MigrateOperation):
 
 @Operations.register_operation("alter_search_index")
 class AlterSearchIndexOp(MigrateOperation):
-    """Change an index in place: columns, ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction.
+    """Change an index in place: columns, ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction,
+    weights, bm25_k1, bm25_b.
 
     `existing` holds the previous values of the changed options; it makes the operation reversible.
     """
@@ -169,6 +170,9 @@ def _registry(connection) -> dict[str, IndexDefinition]:
     rows = connection.execute(text(
         """SELECT i.name, c.relname, n.nspname, i.columns::text[] AS columns, i.model, i.dimensions, i.distance,
                   i.ts_config::text AS ts_config, i.chunk_tokens, i.chunk_overlap, i.hnsw_m, i.hnsw_ef_construction,
+                  i.bm25_k1, i.bm25_b, (SELECT jsonb_object_agg(c, w) FROM unnest(i.columns::text[], i.column_weights) u(c, w)
+                                              WHERE i.column_weights IS NOT NULL)
+                      AS weights,
                   n.nspname = current_schema() AS in_default_schema
              FROM semsearch.indexes i JOIN pg_class c ON c.oid = i.source
              JOIN pg_namespace n ON n.oid = c.relnamespace""")).mappings()
@@ -178,7 +182,8 @@ def _registry(connection) -> dict[str, IndexDefinition]:
             IndexOptions(model=r["model"], dimensions=r["dimensions"], distance=r["distance"],
                          ts_config=r["ts_config"], chunk_tokens=r["chunk_tokens"],
                          chunk_overlap=r["chunk_overlap"], hnsw_m=r["hnsw_m"],
-                         hnsw_ef_construction=r["hnsw_ef_construction"]))
+                         hnsw_ef_construction=r["hnsw_ef_construction"], weights=r["weights"],
+                         bm25_k1=r["bm25_k1"], bm25_b=r["bm25_b"]))
         for r in rows
     }
 
@@ -247,6 +252,6 @@ def _render_drop(autogen_context, op: DropSearchIndexOp) -> str:
 @renderers.dispatch_for(AlterSearchIndexOp)
 def _render_alter(autogen_context, op: AlterSearchIndexOp) -> str:
     _import_operations(autogen_context)
-    args = [repr(op.index_name)] + [f"{k}={v!r}" for k, v in op.changes.items()]
+    args = [repr(op.index_name)] + [f"{k}={dict(v or ()) if k == 'weights' else v!r}" for k, v in op.changes.items()]
     args.append(f"existing={op.existing!r}")
     return f"op.alter_search_index({', '.join(args)})"

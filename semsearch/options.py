@@ -21,7 +21,9 @@ class IndexOptions:
     the default model; give it for others so DDL renders without loading the model). distance: cosine,
     l2 or inner_product. ts_config: text search configuration of the keyword arm. chunk_tokens: longest
     chunk in tokens (None: the model's window). chunk_overlap: tokens shared by consecutive chunks.
-    hnsw_m, hnsw_ef_construction: HNSW build parameters.
+    hnsw_m, hnsw_ef_construction: HNSW build parameters. weights: the keyword arm's weight per column
+    (a dict such as {"title": 2.0}; columns left out weigh 1). bm25_k1, bm25_b: BM25's term-frequency
+    saturation and length normalisation.
     """
 
     model: str = DEFAULT_MODEL
@@ -32,6 +34,9 @@ class IndexOptions:
     chunk_overlap: int = 32
     hnsw_m: int = 16
     hnsw_ef_construction: int = 64
+    weights: tuple[tuple[str, float], ...] | None = None
+    bm25_k1: float = 0.9
+    bm25_b: float = 0.4
 
     def __post_init__(self):
         if self.distance not in DISTANCES:
@@ -40,6 +45,16 @@ class IndexOptions:
             raise ValueError("chunk_tokens must be at least 1 (or None for the model's window)")
         if self.chunk_overlap < 0:
             raise ValueError("chunk_overlap must be 0 or more")
+        if self.weights is not None:  # a dict, kept as sorted pairs without the default weight 1
+            object.__setattr__(self, "weights", tuple(sorted((str(c), float(w) if isinstance(w, int) and not
+                                                               isinstance(w, bool) else w)
+                                                              for c, w in dict(self.weights).items() if w != 1))
+                               or None)
+        for column, weight in self.weights or ():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+                raise ValueError(f"weights[{column!r}] must be a finite number of 0 or more, not {weight!r}")
+        if not 0 <= self.bm25_k1 <= 100 or not 0 <= self.bm25_b <= 1:
+            raise ValueError("bm25_k1 must be from 0 to 100 and bm25_b from 0 to 1")
         known = KNOWN_DIMENSIONS.get(self.model)
         if self.dimensions is None and known:
             object.__setattr__(self, "dimensions", known)
@@ -55,16 +70,35 @@ class IndexOptions:
 
         return IndexOptions(**{**asdict(self), "dimensions": get_embedder(self.model).dimensions})
 
+    def check_weights(self, columns: list[str]) -> None:
+        """weights must name the index's columns and leave at least one column weighing more than 0."""
+        weights = dict(self.weights or ())
+        unknown = sorted(set(weights) - set(columns))
+        if unknown:
+            raise ValueError(f"weights name column(s) {', '.join(unknown)} that the index does not have "
+                             f"(its columns: {', '.join(columns)})")
+        if not any(weights.get(c, 1.0) for c in columns):
+            raise ValueError("weights cannot all be 0: the keyword arm would find nothing")
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "weights": dict(self.weights) if self.weights else None}
 
 
 # Options alter_index can change in place (the others need a new index).
-ALTERABLE = ("ts_config", "chunk_tokens", "chunk_overlap", "hnsw_m", "hnsw_ef_construction")
+ALTERABLE = ("ts_config", "chunk_tokens", "chunk_overlap", "hnsw_m", "hnsw_ef_construction", "weights", "bm25_k1",
+             "bm25_b")
 OPTION_NAMES = tuple(f.name for f in fields(IndexOptions))
 
 # Defaults that exist only on the SQL side of a query or of DDL.
-DEFAULT_CANDIDATES = 100       # each search arm's depth before fusion and filters
+DEFAULT_CANDIDATES = 100       # each hybrid arm's depth before fusion
+FUSIONS = ("rrf", "minmax", "zscore")  # see semsearch.hybrid_search in sql/search.sql
+DEFAULT_FUSION = "rrf"
+DEFAULT_RRF_K = 60
+DEFAULT_SEMANTIC_WEIGHT = 1.0
+DEFAULT_KEYWORD_WEIGHT = 1.0
+KEYWORD_TERM_DEPTH = 1000      # postings the keyword arm reads per query term, best impact first
+EXACT_FILTER_KEYS = 500        # a filter with at most this many keys is scored exactly, without HNSW
+MIN_EF_SEARCH = 100            # HNSW candidate list of the semantic arm, at least
 KEYWORD_SYNTAXES = ("or", "websearch", "phrase", "prefix")  # see semsearch.keyword_query in sql/search.sql
 MAX_RESULTS = 10_000           # largest limit or candidates a search accepts
 MAX_QUERY_CHARS = 10_000       # a longer query text is cut to this length
@@ -77,8 +111,11 @@ def sql_defaults() -> dict:
     """The values the SQL files' {{placeholders}} stand for."""
     import json
 
-    options = {k: v for k, v in asdict(IndexOptions()).items() if k != "dimensions"}
-    return {**options, "candidates": DEFAULT_CANDIDATES, "ddl_lock_timeout": DDL_LOCK_TIMEOUT,
+    options = {k: v for k, v in asdict(IndexOptions()).items() if k not in ("dimensions", "weights")}
+    return {**options, "candidates": DEFAULT_CANDIDATES, "fusion": DEFAULT_FUSION, "rrf_k": DEFAULT_RRF_K,
+            "semantic_weight": DEFAULT_SEMANTIC_WEIGHT, "keyword_weight": DEFAULT_KEYWORD_WEIGHT,
+            "keyword_term_depth": KEYWORD_TERM_DEPTH, "exact_filter_keys": EXACT_FILTER_KEYS,
+            "min_ef_search": MIN_EF_SEARCH, "ddl_lock_timeout": DDL_LOCK_TIMEOUT,
             "max_results": MAX_RESULTS, "max_query_chars": MAX_QUERY_CHARS, "max_scan_tuples": MAX_SCAN_TUPLES,
             "scan_mem_multiplier": SCAN_MEM_MULTIPLIER,
             "known_dimensions": json.dumps(KNOWN_DIMENSIONS)}

@@ -2,9 +2,9 @@
 .where(), .join(), .limit(), .offset() like any other select.
 
 Each query calls one of the SQL search functions (semsearch.semantic_search, keyword_search,
-hybrid_search), so ORM users and raw-SQL users run exactly the same search SQL. The function
-returns the best `candidates` keys; the select joins them to the model's table, so filters added
-with .where() apply to those candidates.
+hybrid_search), so ORM users and raw-SQL users run exactly the same search SQL. filter= applies inside
+each arm, before its top candidates are taken (the functions' filter_keys); the select then joins the
+best keys to the model's table, so a .where() added to it filters only those candidates.
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import Float, Integer, Select, Text, and_, cast, column, func, literal, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from .embedder import get_embedder
 from .errors import InvalidQuery
-from .options import DEFAULT_CANDIDATES, KEYWORD_SYNTAXES, MAX_QUERY_CHARS, MAX_RESULTS
+from .options import (DEFAULT_CANDIDATES, DEFAULT_FUSION, DEFAULT_KEYWORD_WEIGHT, DEFAULT_RRF_K, DEFAULT_SEMANTIC_WEIGHT,
+                      FUSIONS, KEYWORD_SYNTAXES, MAX_QUERY_CHARS, MAX_RESULTS)
 
 if TYPE_CHECKING:
     from .declaration import SearchIndex
@@ -57,12 +58,13 @@ def _vector_param(index: "SearchIndex", vector):
     return cast(literal(values, Vector(len(values))), Vector(len(values)))
 
 
-def _window(limit: int, candidates: int | None) -> int:
+def _window(limit: int, candidates: int | None, default: int | None = None) -> int:
+    """Depth of an arm: `candidates`, else `default`, else just `limit`; never below `limit`."""
     if not _is_int(limit) or not 1 <= limit <= MAX_RESULTS:
         raise InvalidQuery(f"limit must be an integer from 1 to {MAX_RESULTS}, not {limit!r}")
     if candidates is not None and (not _is_int(candidates) or not 1 <= candidates <= MAX_RESULTS):
         raise InvalidQuery(f"candidates must be an integer from 1 to {MAX_RESULTS}, not {candidates!r}")
-    return max(candidates or DEFAULT_CANDIDATES, limit)
+    return max(candidates or default or limit, limit)
 
 
 def _syntax(syntax: str) -> str:
@@ -75,7 +77,9 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _fusion(rrf_k, semantic_weight, keyword_weight) -> None:
+def _fusion(fusion, rrf_k, semantic_weight, keyword_weight) -> None:
+    if fusion not in FUSIONS:
+        raise InvalidQuery(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
     if not _is_int(rrf_k) or not 1 <= rrf_k <= 1_000_000:
         raise InvalidQuery(f"rrf_k must be an integer from 1 to 1000000, not {rrf_k!r}")
     for name, weight in (("semantic_weight", semantic_weight), ("keyword_weight", keyword_weight)):
@@ -84,6 +88,18 @@ def _fusion(rrf_k, semantic_weight, keyword_weight) -> None:
             raise InvalidQuery(f"{name} must be a finite number of 0 or more, not {weight!r}")
     if semantic_weight == 0 and keyword_weight == 0:
         raise InvalidQuery("semantic_weight and keyword_weight cannot both be 0")
+
+
+def filter_keys(index: "SearchIndex", condition):
+    """ARRAY(SELECT <key text> FROM <table> WHERE condition): the keys the search functions may return.
+    The key text is the one semsearch stores (sql/keys.sql): a single column's value as JSON text without
+    quotes (its plain text for integers, text and uuid), a composite key's JSON array."""
+    if condition is None:
+        return None
+    keys = list(index.table.primary_key.columns)
+    key = func.to_jsonb(keys[0]).op("#>>")(literal("{}", ARRAY(Text))) if len(keys) == 1 else \
+        cast(func.jsonb_build_array(*keys), Text)
+    return func.array(select(key).select_from(index.table).where(condition).scalar_subquery())
 
 
 def _rank(index: "SearchIndex", results, limit: int, *extra) -> Select:
@@ -102,39 +118,45 @@ def _rank(index: "SearchIndex", results, limit: int, *extra) -> Select:
     )
 
 
+_ARM_COLUMNS = (column("key", Text), column("score", Float), column("rank", Integer))
+
+
 def semantic(index: "SearchIndex", query: str | None = None, *, vector=None, limit: int = 10,
-             candidates: int | None = None) -> Select:
+             candidates: int | None = None, filter=None) -> Select:
     window = _window(limit, candidates)
     if vector is None:
         vector = embed_query(index, query)
     results = func.semsearch.semantic_search(
-        index.name, _vector_param(index, vector), window
-    ).table_valued(column("key", Text), column("score", Float), column("rank", Integer))
+        index.name, _vector_param(index, vector), window, filter_keys(index, filter)
+    ).table_valued(*_ARM_COLUMNS)
     return _rank(index, results, limit)
 
 
 def keyword(index: "SearchIndex", query: str, *, limit: int = 10, candidates: int | None = None,
-            syntax: str = "or") -> Select:
+            syntax: str = "or", filter=None) -> Select:
     results = func.semsearch.keyword_search(
-        index.name, clean_query(query), _window(limit, candidates), _syntax(syntax)
-    ).table_valued(column("key", Text), column("score", Float), column("rank", Integer))
+        index.name, clean_query(query), _window(limit, candidates), _syntax(syntax), filter_keys(index, filter)
+    ).table_valued(*_ARM_COLUMNS)
     return _rank(index, results, limit)
 
 
 def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
-           rrf_k: int = 60, semantic_weight: float = 1.0, keyword_weight: float = 1.0,
-           keyword_syntax: str = "or", arm_scores: bool = False) -> Select:
+           semantic_candidates: int | None = None, keyword_candidates: int | None = None,
+           fusion: str = DEFAULT_FUSION, rrf_k: int = DEFAULT_RRF_K, semantic_weight: float = DEFAULT_SEMANTIC_WEIGHT,
+           keyword_weight: float = DEFAULT_KEYWORD_WEIGHT, keyword_syntax: str = "or", filter=None,
+           arm_scores: bool = False) -> Select:
     """arm_scores=True adds each arm's rank and score to every row (semantic_rank, semantic_score,
     keyword_rank, keyword_score; None where that arm did not find the row), to tune weights with."""
-    window = _window(limit, candidates)
-    _fusion(rrf_k, semantic_weight, keyword_weight)
+    semantic_depth = _window(limit, semantic_candidates or candidates, DEFAULT_CANDIDATES)
+    keyword_depth = _window(limit, keyword_candidates or candidates, DEFAULT_CANDIDATES)
+    _fusion(fusion, rrf_k, semantic_weight, keyword_weight)
     _syntax(keyword_syntax)
     query = clean_query(query)
     if vector is None:
         vector = embed_query(index, query)
     results = func.semsearch.hybrid_search(
-        index.name, query, _vector_param(index, vector), window, window, rrf_k, semantic_weight, keyword_weight,
-        keyword_syntax
+        index.name, query, _vector_param(index, vector), limit, None, rrf_k, semantic_weight, keyword_weight,
+        keyword_syntax, filter_keys(index, filter), fusion, semantic_depth, keyword_depth
     ).table_valued(column("key", Text), column("score", Float), column("semantic_rank", Integer),
                    column("keyword_rank", Integer), column("semantic_score", Float), column("keyword_score", Float))
     extra = [results.c.semantic_rank, results.c.semantic_score, results.c.keyword_rank,

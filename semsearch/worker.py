@@ -33,6 +33,7 @@ log = logging.getLogger("semsearch.worker")
 NOTIFY_CHANNEL = "semsearch"
 UNUSABLE_RETRY_SECONDS = 60
 TOKENIZE_CHARS = 2_000_000
+KEYWORD_BATCH_KEYS = 500  # keys the keyword pass indexes per transaction
 # Connection errors of a server that will accept connections soon (SQLSTATE 57P03 and friends).
 TRANSIENT_SERVER_STATES = ("the database system is starting up", "the database system is shutting down",
                            "the database system is in recovery mode", "the database system is not yet accepting")
@@ -71,7 +72,11 @@ def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> li
 
 class IndexUnusable(SemsearchError):
     """An index the worker cannot serve as declared (model missing, wrong dimensions): its work waits,
-    the other indexes go on."""
+    the other indexes go on. model_only: only embedding is impossible, keywords are still indexed."""
+
+    def __init__(self, message: str, *, model_only: bool = False):
+        super().__init__(message)
+        self.model_only = model_only
 
 
 @dataclass
@@ -124,6 +129,7 @@ class Worker:
         self._embedders_lock = threading.Lock()
         self._errors: list[BaseException] = []
         self._problems: dict[str, tuple[str, float]] = {}  # index name -> (why it is unusable, since)
+        self._model_problems: set[str] = set()  # unusable indexes whose keywords can still be indexed
         self._store_rls: dict[int, bool] = {}  # index id -> row-level security applies to our store writes
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -258,6 +264,12 @@ class Worker:
             usable = self._usable(indexes)
             try:
                 done = 0
+                for ix in indexes:  # keywords first: they never wait for a model
+                    if ix in usable or ix.name in self._model_problems:
+                        try:
+                            done += self.process_keywords(conn, ix)
+                        except psycopg.errors.LockNotAvailable:
+                            conn.rollback()
                 for ix in usable:
                     try:
                         done += self.process_batch(conn, ix)
@@ -303,6 +315,9 @@ class Worker:
             problem = conn.execute("SELECT coalesce(semsearch.refresh_index(%s), semsearch.source_visibility_problem(%s))",
                                    (ix.id, ix.id)).fetchone()[0]
             conn.commit()
+            if not problem:
+                conn.execute("SELECT semsearch.refresh_keyword_stats(%s, compact => true)", (ix.id,))
+                conn.commit()
             if problem:
                 self._report_unusable(conn, ix, IndexUnusable(problem))
             elif ix.name in self._problems and self._problems[ix.name][0].startswith("table changed"):
@@ -321,10 +336,15 @@ class Worker:
         if self._problems.get(ix.name, (None,))[0] != message:
             log.error("index %s cannot be served, its work waits (the other indexes go on): %s", ix.name, message)
         self._problems[ix.name] = (message, time.monotonic())
+        if getattr(exc, "model_only", False):
+            self._model_problems.add(ix.name)
+        else:
+            self._model_problems.discard(ix.name)
         conn.execute("UPDATE semsearch.indexes SET problem = %s WHERE id = %s", (message, ix.id))
         conn.commit()
 
     def _clear_problem(self, conn: psycopg.Connection, ix: IndexSpec) -> None:
+        self._model_problems.discard(ix.name)
         if self._problems.pop(ix.name, None) is not None:
             log.info("index %s is served again", ix.name)
         elif ix.problem is None:
@@ -385,14 +405,43 @@ class Worker:
         try:
             embedder = self.embedder(ix.model)
         except ModelUnavailable as exc:
-            raise IndexUnusable(str(exc)) from exc
+            raise IndexUnusable(str(exc), model_only=True) from exc
         if embedder.dimensions != ix.dimensions:
             raise IndexUnusable(f"model {ix.model!r} makes {embedder.dimensions}-dimensional vectors but the index "
                                 f"holds {ix.dimensions}: drop the index and create it with dimensions="
-                                f"{embedder.dimensions}")
+                                f"{embedder.dimensions}", model_only=True)
         return embedder
 
     # -- one batch ---------------------------------------------------------------------------
+
+    def process_keywords(self, conn: psycopg.Connection, ix: IndexSpec) -> int:
+        """Index the keywords of queued rows ahead of their embeddings, so keyword search finds a row as
+        soon as the worker has read it, however long its embedding waits. The rows stay queued for
+        embedding, marked keywords_done. Returns how many queue rows it marked."""
+        with conn.transaction():
+            conn.execute("SELECT semsearch.lock_for_batch(%s)", (ix.id,))
+            rows = conn.execute(
+                """SELECT id, keys FROM semsearch.queue WHERE index_id = %s AND NOT keywords_done
+                    ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""", (ix.id, KEYWORD_BATCH_KEYS)).fetchall()
+            taken, total = [], 0
+            for row in rows:
+                if taken and total + len(row.keys) > KEYWORD_BATCH_KEYS:
+                    break
+                taken.append(row)
+                total += len(row.keys)
+            if not taken:
+                return 0
+            # The keys' advisory locks, as for embedding: keys held by a batch stay for that batch.
+            locked = {r.k for r in conn.execute(
+                "SELECT k FROM unnest(%s::text[]) k WHERE pg_try_advisory_xact_lock(%s, hashtext(k)) ORDER BY k",
+                (sorted({k for row in taken for k in row.keys}), ix.id))}
+            if locked:
+                conn.execute("SELECT semsearch.index_keywords(%s, %s)", (ix.id, sorted(locked)))
+            marked = [row.id for row in taken if locked.issuperset(row.keys)]
+            conn.execute("UPDATE semsearch.queue SET keywords_done = true WHERE id = ANY(%s)", (marked,))
+        conn.execute("SELECT semsearch.refresh_keyword_stats(%s)", (ix.id,))
+        conn.commit()
+        return len(marked)
 
     def process_batch(self, conn: psycopg.Connection, ix: IndexSpec) -> int:
         """Claim and process up to batch_size queued keys; returns how many keys were settled."""
@@ -414,8 +463,9 @@ class Worker:
                 # so every worker can take a share.
                 conn.execute(
                     """WITH big AS (DELETE FROM semsearch.queue WHERE id = %(id)s RETURNING *)
-                       INSERT INTO semsearch.queue (index_id, keys, queued_at, run_after, attempts, last_error)
-                       SELECT index_id, keys[i:i + %(n)s - 1], queued_at, run_after, attempts, last_error
+                       INSERT INTO semsearch.queue (index_id, keys, queued_at, run_after, attempts, last_error,
+                                                    keywords_done)
+                       SELECT index_id, keys[i:i + %(n)s - 1], queued_at, run_after, attempts, last_error, keywords_done
                          FROM big, generate_series(1, cardinality(keys), %(n)s) i ORDER BY i""",
                     {"id": claimed[0].id, "n": self.batch_size})
                 split = True
@@ -454,6 +504,8 @@ class Worker:
 
     def _settle(self, conn: psycopg.Connection, ix: IndexSpec, embedder: Embedder, items: list[Item]) -> None:
         self._clear_problem(conn, ix)
+        # Keywords first, whatever happens to the embedding.
+        conn.execute("SELECT semsearch.index_keywords(%s, %s)", (ix.id, sorted(i.key for i in items)))
         texts = self._read_source(conn, ix, [i.key for i in items])
         gone = [i.key for i in items if i.key not in texts]
         present = [i for i in items if i.key in texts]

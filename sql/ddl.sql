@@ -89,16 +89,21 @@ RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     store   text := format('semsearch.%I', ix.store_table);
     r       record;
+    tab     text;
     workers text;
 BEGIN
-    IF NOT (SELECT relrowsecurity FROM pg_class WHERE oid = store::regclass) THEN
-        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', store);
-    END IF;
     PERFORM semsearch.install_visibility(ix);
-    IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = store::regclass AND polname = 'semsearch_visible') THEN
-        EXECUTE format('CREATE POLICY semsearch_visible ON %s FOR SELECT USING (semsearch.%I(key))',
-                       store, 'visible_' || ix.name);
-    END IF;
+    -- The store and the keyword tables that name rows: readable row by row, as the source rows are.
+    -- (The term and length statistics name no row.)
+    FOREACH tab IN ARRAY ARRAY[store, semsearch.keyword_table(ix, 'docs'), semsearch.keyword_table(ix, 'postings')] LOOP
+        IF NOT (SELECT relrowsecurity FROM pg_class WHERE oid = tab::regclass) THEN
+            EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tab);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tab::regclass AND polname = 'semsearch_visible') THEN
+            EXECUTE format('CREATE POLICY semsearch_visible ON %s FOR SELECT USING (semsearch.%I(key))',
+                           tab, 'visible_' || ix.name);
+        END IF;
+    END LOOP;
     SELECT string_agg(quote_ident(g.role), ', ' ORDER BY g.role) INTO workers
       FROM semsearch.roles g JOIN pg_roles pr ON pr.rolname = g.role WHERE g.kind = 'worker';
     -- Re-created only when the worker roles changed: it locks the store.
@@ -112,9 +117,15 @@ BEGIN
             EXECUTE format('CREATE POLICY semsearch_worker ON %s FOR ALL TO %s USING (true) WITH CHECK (true)', store, workers);
         END IF;
     END IF;
+    -- Workers write the keyword tables only through semsearch.index_keywords (SECURITY DEFINER).
     FOR r IN SELECT role, kind FROM semsearch.roles WHERE role IN (SELECT rolname FROM pg_roles) LOOP
         EXECUTE format('GRANT %s ON %s TO %I', CASE r.kind WHEN 'app' THEN 'SELECT' ELSE 'SELECT, INSERT, DELETE' END,
                        store, r.role);
+        IF r.kind = 'app' THEN
+            EXECUTE format('GRANT SELECT ON %s, %s, %s, %s TO %I', semsearch.keyword_table(ix, 'docs'),
+                           semsearch.keyword_table(ix, 'postings'), semsearch.keyword_table(ix, 'terms'),
+                           semsearch.keyword_table(ix, 'stats'), r.role);
+        END IF;
     END LOOP;
 END $$;
 
@@ -175,17 +186,45 @@ BEGIN
                    ix.hnsw_m, ix.hnsw_ef_construction);
 END $$;
 
--- The store's keyword column and its GIN index, for the index's text search configuration.
-CREATE OR REPLACE FUNCTION semsearch.build_keyword_column(ix semsearch.indexes)
-RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- Column weights given by name ('{"title": 2}'), in column order; NULL when every column weighs 1.
+CREATE OR REPLACE FUNCTION semsearch.weights_array(index_name text, columns text[], weights jsonb)
+RETURNS float8[] LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    unknown text;
+    result  float8[];
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = format('semsearch.%I', ix.store_table)::regclass
-               AND attname = 'tsv' AND NOT attisdropped) THEN
-        EXECUTE format('ALTER TABLE semsearch.%I DROP COLUMN tsv', ix.store_table);
+    IF weights IS NULL OR weights = 'null' OR weights = '{}' THEN
+        RETURN NULL;
     END IF;
-    EXECUTE format('ALTER TABLE semsearch.%I ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector(%L::regconfig, content)) STORED',
-                   ix.store_table, ix.ts_config::text);
-    EXECUTE format('CREATE INDEX %I ON semsearch.%I USING gin (tsv)', ix.store_table || '_gin', ix.store_table);
+    IF jsonb_typeof(weights) <> 'object' OR EXISTS (SELECT 1 FROM jsonb_each(weights) e WHERE jsonb_typeof(e.value) <> 'number') THEN
+        RAISE EXCEPTION 'semsearch index "%": weights must be an object of column names and numbers, not %', index_name, weights
+            USING ERRCODE = 'data_exception', HINT = 'For example ''{"title": 2}''.';
+    END IF;
+    SELECT string_agg(k, ', ') INTO unknown FROM jsonb_object_keys(weights) k WHERE NOT k = ANY (columns);
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'semsearch index "%": weights name column(s) % that the index does not have (its columns: %)',
+            index_name, unknown, array_to_string(columns, ', ') USING ERRCODE = 'data_exception';
+    END IF;
+    SELECT array_agg(coalesce((weights ->> c)::float8, 1) ORDER BY n) INTO result FROM unnest(columns) WITH ORDINALITY u(c, n);
+    RETURN CASE WHEN 1 = ALL (result) THEN NULL ELSE result END;
+END $$;
+
+-- Keyword options in range, with errors that say what to do.
+CREATE OR REPLACE FUNCTION semsearch.check_keyword_options(index_name text, columns text[], column_weights float8[],
+    bm25_k1 float8, bm25_b float8)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF column_weights IS NOT NULL AND (cardinality(column_weights) <> cardinality(columns)
+       OR EXISTS (SELECT 1 FROM unnest(column_weights) w WHERE w IS NULL OR w < 0 OR w IN ('NaN', 'Infinity'))
+       OR NOT EXISTS (SELECT 1 FROM unnest(column_weights) w WHERE w > 0)) THEN
+        RAISE EXCEPTION 'semsearch index "%": column_weights % do not fit columns %', index_name, column_weights, columns
+            USING ERRCODE = 'data_exception',
+                  HINT = 'Give one finite weight of 0 or more per column, in column order, not all 0.';
+    END IF;
+    IF bm25_k1 IS NULL OR bm25_k1 < 0 OR bm25_k1 > 100 OR bm25_b IS NULL OR bm25_b NOT BETWEEN 0 AND 1 THEN
+        RAISE EXCEPTION 'semsearch index "%": bm25_k1 must be from 0 to 100 and bm25_b from 0 to 1 (not % and %)',
+            index_name, bm25_k1, bm25_b USING ERRCODE = 'data_exception';
+    END IF;
 END $$;
 
 -- Ask for a backfill only when the table has rows: an index created with its table (create_all, a
@@ -214,7 +253,10 @@ CREATE OR REPLACE FUNCTION semsearch.create_index(
     chunk_tokens    integer DEFAULT {{chunk_tokens}},
     chunk_overlap   integer DEFAULT {{chunk_overlap}},
     hnsw_m          integer DEFAULT {{hnsw_m}},
-    hnsw_ef_construction integer DEFAULT {{hnsw_ef_construction}}
+    hnsw_ef_construction integer DEFAULT {{hnsw_ef_construction}},
+    weights         jsonb DEFAULT NULL,  -- keyword weight per column, e.g. '{"title": 2}' (others: 1)
+    bm25_k1         float8 DEFAULT {{bm25_k1}},
+    bm25_b          float8 DEFAULT {{bm25_b}}
 ) RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     ix       semsearch.indexes;
@@ -222,6 +264,7 @@ DECLARE
     col      text;
     known    integer;
     changes  jsonb := '{}';
+    column_weights float8[];
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('semsearch.ddl'));
     IF index_name !~ '^[a-z_][a-z0-9_]{0,39}$' THEN
@@ -245,6 +288,8 @@ BEGIN
     IF columns IS NULL OR cardinality(columns) = 0 THEN
         RAISE EXCEPTION 'semsearch index "%" needs at least one column', index_name;
     END IF;
+    column_weights := semsearch.weights_array(index_name, columns, weights);
+    PERFORM semsearch.check_keyword_options(index_name, columns, column_weights, bm25_k1, bm25_b);
     key_cols := semsearch.current_key_columns(source);
     IF key_cols IS NULL THEN
         RAISE EXCEPTION 'table % has no primary key', source
@@ -292,6 +337,16 @@ BEGIN
         IF ix.hnsw_ef_construction <> hnsw_ef_construction THEN
             changes := changes || jsonb_build_object('hnsw_ef_construction', hnsw_ef_construction);
         END IF;
+        IF semsearch.column_weights(ix) IS DISTINCT FROM coalesce(column_weights, array_fill(1::float8, ARRAY[cardinality(columns)]))
+           OR changes ? 'columns' THEN
+            changes := changes || jsonb_build_object('weights', coalesce(weights, '{}'));
+        END IF;
+        IF ix.bm25_k1 <> bm25_k1 THEN
+            changes := changes || jsonb_build_object('bm25_k1', bm25_k1);
+        END IF;
+        IF ix.bm25_b <> bm25_b THEN
+            changes := changes || jsonb_build_object('bm25_b', bm25_b);
+        END IF;
         IF changes <> '{}' THEN
             PERFORM semsearch.alter_index(index_name, changes);
         END IF;
@@ -299,9 +354,11 @@ BEGIN
     END IF;
 
     INSERT INTO semsearch.indexes (name, source, key_columns, columns, column_attnums, model, dimensions, distance,
-                                   ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, store_table)
+                                   ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, store_table,
+                                   column_weights, bm25_k1, bm25_b)
     VALUES (index_name, source, key_cols, columns, semsearch.column_numbers(source, columns), model, dimensions,
-            distance, ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, 'store_' || index_name)
+            distance, ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, 'store_' || index_name,
+            column_weights, bm25_k1, bm25_b)
     RETURNING * INTO ix;
 
     -- Store: one row per chunk. semsearch never writes to the application's table.
@@ -316,7 +373,7 @@ BEGIN
             embedded_at  timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (key, chunk)
         )$$, ix.store_table, semsearch.vector_schema(), dimensions);
-    PERFORM semsearch.build_keyword_column(ix);
+    PERFORM semsearch.build_keyword_tables(ix);
     PERFORM semsearch.build_hnsw(ix);
     PERFORM semsearch.apply_access(ix);
     PERFORM semsearch.install_triggers(ix);
@@ -328,7 +385,8 @@ END $fn$;
 --   SELECT semsearch.alter_index('articles_search', '{"columns": ["title"], "hnsw_m": 24}');
 -- columns -> the trigger function is replaced and rows re-queued; chunk_tokens / chunk_overlap -> rows
 -- re-queued (only text whose chunks change is re-embedded); hnsw_m / hnsw_ef_construction -> the HNSW
--- index is rebuilt; ts_config -> the keyword column is recomputed. Only the store is rebuilt: the
+-- index is rebuilt; ts_config, weights -> rows' keywords are indexed again (not re-embedded);
+-- bm25_k1 / bm25_b -> the postings' impacts are recomputed. Only semsearch's tables are rebuilt: the
 -- application's table is never locked for long.
 CREATE OR REPLACE FUNCTION semsearch.alter_index(index_name text, changes jsonb)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
@@ -341,10 +399,12 @@ BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('semsearch.ddl'));
     old := semsearch.lookup_index(index_name);
     SELECT string_agg(k, ', ') INTO unknown FROM jsonb_object_keys(changes) k
-     WHERE k NOT IN ('columns', 'ts_config', 'chunk_tokens', 'chunk_overlap', 'hnsw_m', 'hnsw_ef_construction');
+     WHERE k NOT IN ('columns', 'ts_config', 'chunk_tokens', 'chunk_overlap', 'hnsw_m', 'hnsw_ef_construction',
+                     'weights', 'bm25_k1', 'bm25_b');
     IF unknown IS NOT NULL THEN
         RAISE EXCEPTION 'semsearch.alter_index: unknown or unchangeable option(s) %', unknown
-            USING HINT = 'It changes columns, ts_config, chunk_tokens, chunk_overlap, hnsw_m and hnsw_ef_construction; '
+            USING HINT = 'It changes columns, ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, '
+                         'weights, bm25_k1 and bm25_b; '
                          'for another model, dimensions or distance drop the index and create it again.';
     END IF;
     IF changes ? 'columns' THEN
@@ -366,14 +426,26 @@ BEGIN
         chunk_overlap = CASE WHEN changes ? 'chunk_overlap' THEN (changes ->> 'chunk_overlap')::integer ELSE i.chunk_overlap END,
         hnsw_m = CASE WHEN changes ? 'hnsw_m' THEN (changes ->> 'hnsw_m')::integer ELSE i.hnsw_m END,
         hnsw_ef_construction = CASE WHEN changes ? 'hnsw_ef_construction'
-                                    THEN (changes ->> 'hnsw_ef_construction')::integer ELSE i.hnsw_ef_construction END
+                                    THEN (changes ->> 'hnsw_ef_construction')::integer ELSE i.hnsw_ef_construction END,
+        column_weights = CASE WHEN changes ? 'weights'
+                              THEN semsearch.weights_array(i.name, CASE WHEN changes ? 'columns'
+                                       THEN ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns')) ELSE i.columns END,
+                                   changes -> 'weights')
+                              WHEN changes ? 'columns' THEN NULL ELSE i.column_weights END,
+        bm25_k1 = CASE WHEN changes ? 'bm25_k1' THEN (changes ->> 'bm25_k1')::float8 ELSE i.bm25_k1 END,
+        bm25_b = CASE WHEN changes ? 'bm25_b' THEN (changes ->> 'bm25_b')::float8 ELSE i.bm25_b END
      WHERE i.id = old.id
     RETURNING * INTO ix;
+    PERFORM semsearch.check_keyword_options(ix.name, ix.columns, ix.column_weights, ix.bm25_k1, ix.bm25_b);
     IF ix.columns IS DISTINCT FROM old.columns THEN
         PERFORM semsearch.install_triggers(ix);
     END IF;
-    IF ix.ts_config <> old.ts_config THEN
-        PERFORM semsearch.build_keyword_column(ix);
+    IF ix.ts_config <> old.ts_config OR ix.column_weights IS DISTINCT FROM old.column_weights THEN
+        PERFORM semsearch.clear_keywords(ix);  -- every row is indexed again (its embedding is kept)
+        PERFORM semsearch.backfill_if_rows(ix);
+    ELSIF (ix.bm25_k1, ix.bm25_b) IS DISTINCT FROM (old.bm25_k1, old.bm25_b) THEN
+        UPDATE semsearch.indexes i SET bm25_avgdl = NULL WHERE i.id = ix.id;
+        PERFORM semsearch.refresh_keyword_stats(ix.id);
     END IF;
     IF (ix.hnsw_m, ix.hnsw_ef_construction) IS DISTINCT FROM (old.hnsw_m, old.hnsw_ef_construction) THEN
         PERFORM semsearch.build_hnsw(ix);
@@ -402,7 +474,8 @@ BEGIN
         END IF;
     END LOOP;
     EXECUTE format('DROP FUNCTION IF EXISTS semsearch.%I()', 'enqueue_' || ix.name);
-    EXECUTE format('DROP TABLE IF EXISTS semsearch.%I', ix.store_table);
+    EXECUTE format('DROP TABLE IF EXISTS semsearch.%I, %s, %s, %s, %s', ix.store_table, semsearch.keyword_table(ix, 'docs'),
+                   semsearch.keyword_table(ix, 'postings'), semsearch.keyword_table(ix, 'terms'), semsearch.keyword_table(ix, 'stats'));
     EXECUTE format('DROP FUNCTION IF EXISTS semsearch.%I(text)', 'visible_' || ix.name);
     DELETE FROM semsearch.queue q WHERE q.index_id = ix.id;
     DELETE FROM semsearch.indexes i WHERE i.id = ix.id;
@@ -417,6 +490,11 @@ DECLARE
 BEGIN
     FOR ix IN SELECT * FROM semsearch.indexes ORDER BY id LOOP
         BEGIN
+            -- An index made before schema 0002 gets its keyword tables; its rows are then queued again
+            -- (only their keywords are new: the embeddings are kept).
+            IF semsearch.build_keyword_tables(ix) AND EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source) THEN
+                PERFORM semsearch.backfill_if_rows(ix);
+            END IF;
             IF semsearch.refresh_index(ix.id) IS NULL THEN
                 SELECT * INTO ix FROM semsearch.indexes i WHERE i.id = ix.id;
                 PERFORM semsearch.install_triggers(ix);

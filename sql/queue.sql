@@ -15,7 +15,7 @@ BEGIN
     SELECT string_agg(format('n.%I', c), ', '), string_agg(format('o.%I', c), ', ')
       INTO new_cols, old_cols FROM unnest(ix.columns) c;
     RETURN format($body$
-BEGIN  -- semsearch trigger, version 2
+BEGIN  -- semsearch trigger, version 3
     IF TG_OP = 'INSERT' THEN
         INSERT INTO semsearch.queue (index_id, keys)
         SELECT %1$s, array_agg(%2$s) FROM new_rows n HAVING count(*) > 0;
@@ -31,7 +31,8 @@ BEGIN  -- semsearch trigger, version 2
     ELSE -- TRUNCATE: nothing left to embed or to serve
         DELETE FROM semsearch.queue WHERE index_id = %1$s;
         DELETE FROM semsearch.failures WHERE index_id = %1$s;
-        TRUNCATE semsearch.%8$I;
+        TRUNCATE semsearch.%8$I, semsearch.%9$I, semsearch.%10$I, semsearch.%11$I, semsearch.%12$I;
+        UPDATE semsearch.indexes SET bm25_avgdl = NULL WHERE id = %1$s;
         RETURN NULL;
     END IF;
     IF FOUND AND EXISTS (SELECT 1 FROM semsearch.listeners) THEN  -- a worker waits: wake it
@@ -56,7 +57,8 @@ EXCEPTION WHEN OTHERS THEN
     END;
     RETURN NULL;
 END $body$, ix.id, semsearch.key_text_sql(ix, 'n'), first_key, semsearch.key_text_sql(ix, 'o'),
-            join_on, new_cols, old_cols, ix.store_table);
+            join_on, new_cols, old_cols, ix.store_table, ix.store_table || '_docs', ix.store_table || '_postings',
+            ix.store_table || '_terms', ix.store_table || '_stats');
 END $fn$;
 
 -- Run DDL that locks an application table, with a lock timeout and an error that names the table:

@@ -13,7 +13,11 @@ def test_create_all_creates_store_indexes_and_triggers(engine, conn):
         "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'semsearch' "
         "AND tablename = 'store_articles_search'").fetchall())
     assert "USING hnsw (embedding vector_cosine_ops)" in indexes["store_articles_search_hnsw"]
-    assert "USING gin (tsv)" in indexes["store_articles_search_gin"]
+    keyword_indexes = dict(conn.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'semsearch' "
+        "AND tablename LIKE 'store_articles_search_%'").fetchall())
+    assert "USING gin (tsv)" in keyword_indexes["store_articles_search_docs_gin"]
+    assert "(term, impact DESC) INCLUDE (key, tf, dl)" in keyword_indexes["store_articles_search_postings_impact"]
     triggers = {r[0] for r in conn.execute(
         "SELECT tgname FROM pg_trigger WHERE tgrelid = 'articles'::regclass AND NOT tgisinternal").fetchall()}
     assert triggers == {f"semsearch_articles_search_{op}" for op in ("insert", "update", "delete", "truncate")}
@@ -21,7 +25,7 @@ def test_create_all_creates_store_indexes_and_triggers(engine, conn):
                        "FROM semsearch.indexes WHERE name = 'articles_search'").fetchone()
     assert row == (["id"], ["title", "body"], "all-MiniLM-L6-v2", 384, "cosine", 32)
     # semsearch's schema version lives in its own table, never in the application's alembic_version.
-    assert conn.execute("SELECT max(version) FROM semsearch.schema_version").fetchone() == ("0001",)
+    assert conn.execute("SELECT max(version) FROM semsearch.schema_version").fetchone() == ("0002",)
     assert conn.execute("SELECT to_regclass('public.alembic_version')").fetchone() == (None,)
 
 
@@ -38,6 +42,8 @@ def test_drop_all_removes_store_and_registry(engine, conn):
     Base.metadata.drop_all(engine)
     assert conn.execute("SELECT count(*) FROM semsearch.indexes").fetchone() == (0,)
     assert conn.execute("SELECT to_regclass('semsearch.store_articles_search')").fetchone() == (None,)
+    assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'semsearch' AND tablename LIKE 'store_%'"
+                        ).fetchone() == (0,)
 
 
 def test_changing_the_model_of_an_existing_index_is_refused_with_a_hint(engine, conn):
@@ -55,7 +61,7 @@ def test_cli_install_and_help(db_url):
     out = subprocess.run([sys.executable, "-m", "semsearch.cli", "install", "--url", db_url],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "version 0001" in out.stdout
+    assert "version 0002" in out.stdout
     for command in ("install", "worker", "status", "search", "demo", "backfill", "retry-failed"):
         out = subprocess.run([sys.executable, "-m", "semsearch.cli", command, "--help"],
                              capture_output=True, text=True, timeout=60)

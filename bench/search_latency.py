@@ -1,0 +1,239 @@
+"""Search latency at 100k documents, and the accuracy each shortcut costs, measured in one run.
+
+Corpus: the 5,183 SciFact abstracts (../shared/data/scifact) plus synthetic documents recombined from
+their sentences, up to --docs. Embedding 100k texts on a CPU would take an hour, so each synthetic
+document gets the real embedding of the abstract most of its text comes from, plus small noise,
+renormalised (uniformly random vectors would make HNSW degenerate). The SciFact embeddings are
+computed once and cached (~/.cache/semsearch-bench). Rows go in with COPY; the store's HNSW index is
+built once; the keyword tables are filled by semsearch.index_keywords, the function the worker calls.
+
+Queries: SciFact train queries. Timings are medians of interleaved runs through psycopg without
+prepared statements (a prepared HNSW query gets a generic plan: 10x slower).
+Last lines:
+  orm_vs_raw          semantic top-10 through the ORM / the same top-10 by hand-written SQL on the store
+  hybrid_vs_semantic  hybrid_search p50 / semantic_search p50 (top 10, defaults)
+  bm25_vs_tsrank      keyword_search (BM25) p50 / an OR-query ts_rank over a GIN index p50
+  recall_at_10        semantic_search top 10 vs exact nearest neighbours, default settings
+  filtered_recall_at_10  the same with a filter matching 1% of rows (full 10 returned)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from sqlalchemy import Integer, Text, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from common import SCIFACT, scratch_database
+from quality import load, ndcg_at_10
+from semsearch import SearchIndex
+from semsearch.database import sqlalchemy_url
+from semsearch.options import DEFAULT_MODEL
+
+CACHE = Path.home() / ".cache" / "semsearch-bench"
+NOISE = 0.035  # per-dimension noise on unit vectors: a synthetic copy keeps cosine ~0.6 to its source
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Doc(Base):
+    __tablename__ = "docs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant: Mapped[int] = mapped_column(Integer, index=True)
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    search = SearchIndex("title", "body")
+
+
+def scifact_vectors(corpus: list[dict]) -> np.ndarray:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"scifact-{DEFAULT_MODEL}.npy"
+    if path.exists():
+        return np.load(path)
+    from semsearch.embedder import get_embedder
+
+    print(f"embedding {len(corpus)} SciFact abstracts once (cached in {path}) ...", flush=True)
+    vectors = get_embedder(DEFAULT_MODEL).encode([d["title"] + "\n\n" + d["text"] for d in corpus], batch_size=64)
+    np.save(path, vectors)
+    return vectors
+
+
+def build_corpus(corpus: list[dict], vectors: np.ndarray, n: int, rng: random.Random):
+    """(id, tenant, title, body, vector) rows: the real abstracts first, then recombinations."""
+    sentences = [re.split(r"(?<=[.!?])\s+", d["text"]) for d in corpus]
+    gauss = np.random.default_rng(7)
+    for i, d in enumerate(corpus[:n]):
+        yield i + 1, (i + 1) % 100, d["title"], d["text"], vectors[i]
+    for i in range(len(corpus), n):
+        source = rng.randrange(len(corpus))
+        other = rng.randrange(len(corpus))
+        own = sentences[source][:]
+        rng.shuffle(own)
+        body = " ".join(own[:max(2, len(own) * 3 // 4)] + rng.sample(sentences[other], min(2, len(sentences[other]))))
+        vector = vectors[source] + gauss.normal(0, NOISE, vectors.shape[1])
+        yield i + 1, (i + 1) % 100, corpus[source]["title"], body, vector / np.linalg.norm(vector)
+
+
+def load_database(url: str, rows) -> None:
+    engine = create_engine(sqlalchemy_url(url))
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    with psycopg.connect(url, autocommit=True) as conn:
+        register_vector(conn)
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        conn.execute("DROP INDEX semsearch.store_docs_search_hnsw")
+        started = time.monotonic()
+        with conn.cursor().copy("COPY docs (id, tenant, title, body) FROM STDIN") as docs, \
+                conn.cursor().copy("COPY semsearch.store_docs_search (key, chunk, content, embedding, model, content_hash) "
+                                   "FROM STDIN (FORMAT BINARY)") as store:
+            store.set_types(["text", "int4", "text", "vector", "text", "bytea"])
+            for id_, tenant, title, body, vector in rows:
+                docs.write_row((id_, tenant, title, body))
+                store.write_row((str(id_), 0, title + "\n\n" + body, vector.astype(np.float32), DEFAULT_MODEL, b""))
+        print(f"COPY: {time.monotonic() - started:.0f} s", flush=True)
+        started = time.monotonic()
+        conn.execute("SELECT semsearch.build_hnsw(semsearch.lookup_index('docs_search'))")
+        print(f"HNSW build: {time.monotonic() - started:.0f} s", flush=True)
+        started = time.monotonic()
+        ix_id = conn.execute("SELECT id FROM semsearch.indexes WHERE name = 'docs_search'").fetchone()[0]
+        total = conn.execute("SELECT max(id) FROM docs").fetchone()[0]
+        for start in range(1, total + 1, 5000):
+            with conn.transaction():
+                conn.execute("SELECT semsearch.index_keywords(%s, ARRAY(SELECT g::text FROM generate_series(%s, %s) g))",
+                             (ix_id, start, min(start + 4999, total)))
+        conn.execute("SELECT semsearch.refresh_keyword_stats(%s)", (ix_id,))
+        conn.execute("DELETE FROM semsearch.queue")  # everything is indexed
+        conn.execute("VACUUM ANALYZE")
+        print(f"keyword tables: {time.monotonic() - started:.0f} s", flush=True)
+
+
+def timed(conn, sql: str, params) -> tuple[float, list]:
+    started = time.perf_counter()
+    with conn.transaction():
+        rows = conn.execute(sql, params).fetchall()
+    return (time.perf_counter() - started) * 1000, rows
+
+
+def sizes(conn) -> None:
+    print("sizes (table / with its indexes):")
+    for name in ("docs", "semsearch.store_docs_search", "semsearch.store_docs_search_docs",
+                 "semsearch.store_docs_search_postings", "semsearch.store_docs_search_terms",
+                 "semsearch.store_docs_search_stats"):
+        table, total = conn.execute("SELECT pg_size_pretty(pg_table_size(%s::regclass)), "
+                                    "pg_size_pretty(pg_total_relation_size(%s::regclass))", (name, name)).fetchone()
+        print(f"  {name:<40} {table:>10} {total:>10}")
+    for name in ("semsearch.store_docs_search_hnsw", "semsearch.store_docs_search_docs_gin",
+                 "semsearch.store_docs_search_postings_impact", "semsearch.store_docs_search_postings_pkey"):
+        print(f"  {name:<40} {conn.execute('SELECT pg_size_pretty(pg_relation_size(%s::regclass))', (name,)).fetchone()[0]:>21}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=100, help="timed queries (train split)")
+    args = parser.parse_args()
+    if not SCIFACT.exists():
+        raise SystemExit(f"needs the SciFact corpus at {SCIFACT}")
+    corpus, queries, qrels = load()
+    corpus_json = [json.loads(line) for line in SCIFACT.open()]
+    vectors = scifact_vectors(corpus_json)
+    from semsearch.embedder import get_embedder
+
+    qids = list(queries)
+    query_vectors = dict(zip(qids, get_embedder(DEFAULT_MODEL).encode([queries[q] for q in qids])))
+    timed_ids = qids[:args.queries]
+
+    with scratch_database() as url:
+        load_database(url, build_corpus(corpus_json, vectors, args.docs, random.Random(7)))
+        conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
+        register_vector(conn)
+        sizes(conn)
+        engine = create_engine(sqlalchemy_url(url), connect_args={"prepare_threshold": None})
+        raw_sql = ("SET LOCAL hnsw.ef_search = 100; "
+                   "SELECT d.* FROM (SELECT key, min(d) AS d FROM (SELECT key, embedding <=> %(v)s AS d "
+                   "FROM semsearch.store_docs_search ORDER BY embedding <=> %(v)s LIMIT 30) c "
+                   "GROUP BY key ORDER BY min(d) LIMIT 10) r JOIN docs d ON d.id = r.key::integer ORDER BY r.d")
+        or_query = ("SELECT key, ts_rank(tsv, q) FROM semsearch.store_docs_search_docs, "
+                    "semsearch.or_query('english', %(q)s) q WHERE tsv @@ q ORDER BY 2 DESC LIMIT 10")
+        times: dict[str, list[float]] = {k: [] for k in ("orm", "raw", "semantic", "hybrid", "bm25", "tsrank")}
+        with Session(engine) as session:
+            for rep in range(3):  # interleaved, so drift in machine load hits every kind alike
+                for q in timed_ids:
+                    v, text = query_vectors[q], queries[q]
+                    started = time.perf_counter()
+                    with session.begin():
+                        session.execute(Doc.search.semantic(vector=v, limit=10)).all()
+                    times["orm"].append((time.perf_counter() - started) * 1000)
+                    with conn.transaction():
+                        started = time.perf_counter()
+                        cur = conn.execute(raw_sql, {"v": v})
+                        cur.nextset()
+                        cur.fetchall()
+                        times["raw"].append((time.perf_counter() - started) * 1000)
+                    times["semantic"].append(timed(conn, "SELECT * FROM semsearch.semantic_search('docs_search', %s, 10)", (v,))[0])
+                    times["hybrid"].append(timed(conn, "SELECT * FROM semsearch.hybrid_search('docs_search', %s, %s, 10)", (text, v))[0])
+                    times["bm25"].append(timed(conn, "SELECT * FROM semsearch.keyword_search('docs_search', %s, 10)", (text,))[0])
+                    times["tsrank"].append(timed(conn, or_query, {"q": text})[0])
+        p50 = {k: statistics.median(v) for k, v in times.items()}
+        print("p50 ms: " + ", ".join(f"{k} {v:.2f}" for k, v in p50.items()))
+
+        # Accuracy: BM25 reading the best postings per term vs reading them all, on every train query.
+        exact_sql = conn.execute("SELECT semsearch.keyword_sql(semsearch.lookup_index('docs_search'), 'or', 'all')"
+                                 ).fetchone()[0]
+        exact_sql = re.sub(r"\$(\d)", lambda m: "%(p" + m.group(1) + ")s", exact_sql)
+        top_ndcg, exact_ndcg, exact_ms = [], [], []
+        for q in qids:
+            top = [k for k, *_ in conn.execute("SELECT * FROM semsearch.keyword_search('docs_search', %s, 10)",
+                                               (queries[q],))]
+            ms, rows = timed(conn, exact_sql, {"p1": queries[q], "p2": 10, "p3": None, "p4": None})
+            exact_ms.append(ms)
+            top_ndcg.append(ndcg_at_10(top, qrels[q]))
+            exact_ndcg.append(ndcg_at_10([k for k, *_ in rows], qrels[q]))
+        print(f"BM25 nDCG@10 over {len(qids)} train queries at {args.docs} docs: impact-ordered "
+              f"{statistics.mean(top_ndcg):.4f}, exact {statistics.mean(exact_ndcg):.4f} "
+              f"(exact p50 {statistics.median(exact_ms):.1f} ms)")
+
+        # Recall of the semantic arm against exact nearest neighbours, unfiltered and 1% filtered.
+        recalls, filtered, full = [], [], 0
+        exact = ("SET LOCAL enable_indexscan = off; SELECT key FROM semsearch.store_docs_search {} "
+                 "ORDER BY embedding <=> %(v)s LIMIT 10")
+        tenant_keys = "ARRAY(SELECT id::text FROM docs WHERE tenant = 7)"
+        for q in timed_ids:
+            v = query_vectors[q]
+            got = {k for k, *_ in conn.execute("SELECT * FROM semsearch.semantic_search('docs_search', %s, 10)", (v,))}
+            with conn.transaction():
+                cur = conn.execute(exact.format(""), {"v": v})
+                cur.nextset()
+                truth = {k for k, in cur}
+            recalls.append(len(got & truth) / 10)
+            got = [k for k, *_ in conn.execute(
+                f"SELECT * FROM semsearch.semantic_search('docs_search', %s, 10, {tenant_keys})", (v,))]
+            with conn.transaction():
+                cur = conn.execute(exact.format(f"WHERE key = ANY({tenant_keys})"), {"v": v})
+                cur.nextset()
+                truth = {k for k, in cur}
+            full += len(got) == 10
+            filtered.append(len(set(got) & truth) / 10)
+        print(f"filtered searches returning the full 10: {full}/{len(timed_ids)}")
+        engine.dispose()
+        conn.close()
+
+    print(f"orm_vs_raw: {p50['orm'] / p50['raw']:.3f}")
+    print(f"hybrid_vs_semantic: {p50['hybrid'] / p50['semantic']:.3f}")
+    print(f"bm25_vs_tsrank: {p50['bm25'] / p50['tsrank']:.3f}")
+    print(f"recall_at_10: {statistics.mean(recalls):.3f}")
+    print(f"filtered_recall_at_10: {statistics.mean(filtered):.3f}")
+
+
+if __name__ == "__main__":
+    main()
