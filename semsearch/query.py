@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import Float, Integer, Select, Text, and_, cast, column, func, literal, select
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import JSONB
 
 from .embedder import get_embedder
 from .errors import InvalidQuery
@@ -97,9 +97,9 @@ def filter_keys(index: "SearchIndex", condition):
     if condition is None:
         return None
     keys = list(index.table.primary_key.columns)
-    key = func.to_jsonb(keys[0]).op("#>>")(literal("{}", ARRAY(Text))) if len(keys) == 1 else \
+    key = func.jsonb_build_array(keys[0]).op("->>")(literal(0)) if len(keys) == 1 else \
         cast(func.jsonb_build_array(*keys), Text)
-    return func.array(select(key).select_from(index.table).where(condition).scalar_subquery())
+    return func.array(select(key).select_from(index.table).where(condition).correlate(None).scalar_subquery())
 
 
 def _rank(index: "SearchIndex", results, limit: int, *extra) -> Select:

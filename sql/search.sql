@@ -161,7 +161,7 @@ BEGIN
             CASE WHEN plan = 'top' THEN 'ORDER BY p.impact DESC LIMIT $4' ELSE '' END);
     ELSE
         hits := format(
-            'm AS (SELECT d.key FROM %s d WHERE d.tsv @@ semsearch.keyword_query(%L::regconfig, $1, %L) %s), '
+            'm AS MATERIALIZED (SELECT d.key FROM %s d WHERE d.tsv @@ semsearch.keyword_query(%L::regconfig, $1, %L) %s), '
             'h AS (SELECT p.key, p.term, p.tf, p.dl FROM m JOIN %s p ON p.key = m.key WHERE %s), '
             'w AS (SELECT u.term, %s AS idf FROM (SELECT DISTINCT term FROM h) u CROSS JOIN st %s), '
             'hits AS (SELECT h.key, w.idf * %s AS s FROM h JOIN w ON w.term = h.term CROSS JOIN st) ',

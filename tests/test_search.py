@@ -123,29 +123,6 @@ def test_long_text_is_chunked_and_found_once(engine, conn, db_url):
     assert found[0] == "Long report" and found.count("Long report") == 1
 
 
-def test_explain_shows_hnsw_and_gin_at_the_depth_queries_use(engine, conn, fake_embedder):
-    """The plans of the queries users run: 100 candidates per arm (300 chunk rows for the semantic arm),
-    over a store large enough that the planner has a real choice."""
-    Base.metadata.create_all(engine)
-    rows = 20_000
-    conn.execute("DROP INDEX semsearch.store_articles_search_hnsw")  # bulk load, then build once
-    conn.execute(
-        "INSERT INTO semsearch.store_articles_search (key, chunk, content, embedding, model, content_hash) "
-        "SELECT g::text, 0, CASE WHEN g = 7 THEN 'unusual aardvark' ELSE 'common words ' || g END, "
-        "       (SELECT array_agg(random()::real - 0.5) FROM generate_series(1, 384) WHERE g > 0)::vector, 'm', '' "
-        "FROM generate_series(1, %s) g", (rows,))
-    conn.execute("SELECT semsearch.build_hnsw(semsearch.lookup_index('articles_search'))")
-    conn.execute("ANALYZE semsearch.store_articles_search")
-    register_vector(conn)
-    vector = fake_embedder("m").encode(["anything"])[0]
-    semantic = "\n".join(r[0] for r in conn.execute(
-        "SELECT * FROM semsearch.explain('articles_search', 'semantic', 'x', %s, 100)", (vector,)))
-    assert "Index Scan using store_articles_search_hnsw" in semantic, semantic
-    keyword = "\n".join(r[0] for r in conn.execute(
-        "SELECT * FROM semsearch.explain('articles_search', 'keyword', 'aardvark', %s, 100)", (vector,)))
-    assert "Bitmap Index Scan on store_articles_search_gin" in keyword
-
-
 def test_keyword_syntaxes(engine, conn, db_url, fake_embedder):
     Base.metadata.create_all(engine)
     conn.execute("INSERT INTO articles (id, title, body, views) VALUES "
