@@ -36,7 +36,7 @@ from common import SCIFACT, scratch_database
 from quality import load, ndcg_at_10
 from semsearch import SearchIndex
 from semsearch.database import sqlalchemy_url
-from semsearch.options import DEFAULT_MODEL
+from semsearch.options import DEFAULT_MODEL, MIN_EF_SEARCH
 
 CACHE = Path.home() / ".cache" / "semsearch-bench"
 NOISE = 0.035  # per-dimension noise on unit vectors: a synthetic copy keeps cosine ~0.6 to its source
@@ -93,12 +93,14 @@ def load_database(url: str, rows) -> None:
         conn.execute("SET maintenance_work_mem = '1GB'")
         conn.execute("DROP INDEX semsearch.store_docs_search_hnsw")
         started = time.monotonic()
-        with conn.cursor().copy("COPY docs (id, tenant, title, body) FROM STDIN") as docs, \
-                conn.cursor().copy("COPY semsearch.store_docs_search (key, chunk, content, embedding, model, content_hash) "
-                                   "FROM STDIN (FORMAT BINARY)") as store:
-            store.set_types(["text", "int4", "text", "vector", "text", "bytea"])
-            for id_, tenant, title, body, vector in rows:
+        rows = list(rows)
+        with conn.cursor().copy("COPY docs (id, tenant, title, body) FROM STDIN") as docs:
+            for id_, tenant, title, body, _ in rows:
                 docs.write_row((id_, tenant, title, body))
+        with conn.cursor().copy("COPY semsearch.store_docs_search (key, chunk, content, embedding, model, content_hash) "
+                                "FROM STDIN (FORMAT BINARY)") as store:
+            store.set_types(["text", "int4", "text", "vector", "text", "bytea"])
+            for id_, _, title, body, vector in rows:
                 store.write_row((str(id_), 0, title + "\n\n" + body, vector.astype(np.float32), DEFAULT_MODEL, b""))
         print(f"COPY: {time.monotonic() - started:.0f} s", flush=True)
         started = time.monotonic()
@@ -109,7 +111,7 @@ def load_database(url: str, rows) -> None:
         total = conn.execute("SELECT max(id) FROM docs").fetchone()[0]
         for start in range(1, total + 1, 5000):
             with conn.transaction():
-                conn.execute("SELECT semsearch.index_keywords(%s, ARRAY(SELECT g::text FROM generate_series(%s, %s) g))",
+                conn.execute("SELECT semsearch.index_keywords(%s, ARRAY(SELECT g::text FROM generate_series(%s::integer, %s::integer) g))",
                              (ix_id, start, min(start + 4999, total)))
         conn.execute("SELECT semsearch.refresh_keyword_stats(%s)", (ix_id,))
         conn.execute("DELETE FROM semsearch.queue")  # everything is indexed
@@ -133,7 +135,7 @@ def sizes(conn) -> None:
                                     "pg_size_pretty(pg_total_relation_size(%s::regclass))", (name, name)).fetchone()
         print(f"  {name:<40} {table:>10} {total:>10}")
     for name in ("semsearch.store_docs_search_hnsw", "semsearch.store_docs_search_docs_gin",
-                 "semsearch.store_docs_search_postings_impact", "semsearch.store_docs_search_postings_pkey"):
+                 "semsearch.store_docs_search_postings_impact", "semsearch.store_docs_search_postings_key"):
         print(f"  {name:<40} {conn.execute('SELECT pg_size_pretty(pg_relation_size(%s::regclass))', (name,)).fetchone()[0]:>21}")
 
 
@@ -159,8 +161,7 @@ def main() -> None:
         register_vector(conn)
         sizes(conn)
         engine = create_engine(sqlalchemy_url(url), connect_args={"prepare_threshold": None})
-        raw_sql = ("SET LOCAL hnsw.ef_search = 100; "
-                   "SELECT d.* FROM (SELECT key, min(d) AS d FROM (SELECT key, embedding <=> %(v)s AS d "
+        raw_sql = ("SELECT d.* FROM (SELECT key, min(d) AS d FROM (SELECT key, embedding <=> %(v)s AS d "
                    "FROM semsearch.store_docs_search ORDER BY embedding <=> %(v)s LIMIT 30) c "
                    "GROUP BY key ORDER BY min(d) LIMIT 10) r JOIN docs d ON d.id = r.key::integer ORDER BY r.d")
         or_query = ("SELECT key, ts_rank(tsv, q) FROM semsearch.store_docs_search_docs, "
@@ -174,12 +175,11 @@ def main() -> None:
                     with session.begin():
                         session.execute(Doc.search.semantic(vector=v, limit=10)).all()
                     times["orm"].append((time.perf_counter() - started) * 1000)
-                    with conn.transaction():
-                        started = time.perf_counter()
-                        cur = conn.execute(raw_sql, {"v": v})
-                        cur.nextset()
-                        cur.fetchall()
-                        times["raw"].append((time.perf_counter() - started) * 1000)
+                    started = time.perf_counter()
+                    with conn.transaction():  # the same ef_search as semsearch's (MIN_EF_SEARCH)
+                        conn.execute(f"SET LOCAL hnsw.ef_search = {MIN_EF_SEARCH}")
+                        conn.execute(raw_sql, {"v": v}).fetchall()
+                    times["raw"].append((time.perf_counter() - started) * 1000)
                     times["semantic"].append(timed(conn, "SELECT * FROM semsearch.semantic_search('docs_search', %s, 10)", (v,))[0])
                     times["hybrid"].append(timed(conn, "SELECT * FROM semsearch.hybrid_search('docs_search', %s, %s, 10)", (text, v))[0])
                     times["bm25"].append(timed(conn, "SELECT * FROM semsearch.keyword_search('docs_search', %s, 10)", (text,))[0])
@@ -191,37 +191,35 @@ def main() -> None:
         exact_sql = conn.execute("SELECT semsearch.keyword_sql(semsearch.lookup_index('docs_search'), 'or', 'all')"
                                  ).fetchone()[0]
         exact_sql = re.sub(r"\$(\d)", lambda m: "%(p" + m.group(1) + ")s", exact_sql)
+        doc_id = {str(i + 1): d["_id"] for i, d in enumerate(corpus_json)}  # keys of the real abstracts
         top_ndcg, exact_ndcg, exact_ms = [], [], []
         for q in qids:
             top = [k for k, *_ in conn.execute("SELECT * FROM semsearch.keyword_search('docs_search', %s, 10)",
                                                (queries[q],))]
             ms, rows = timed(conn, exact_sql, {"p1": queries[q], "p2": 10, "p3": None, "p4": None})
             exact_ms.append(ms)
-            top_ndcg.append(ndcg_at_10(top, qrels[q]))
-            exact_ndcg.append(ndcg_at_10([k for k, *_ in rows], qrels[q]))
+            top_ndcg.append(ndcg_at_10([doc_id.get(k) for k in top], qrels[q]))
+            exact_ndcg.append(ndcg_at_10([doc_id.get(k) for k, *_ in rows], qrels[q]))
         print(f"BM25 nDCG@10 over {len(qids)} train queries at {args.docs} docs: impact-ordered "
               f"{statistics.mean(top_ndcg):.4f}, exact {statistics.mean(exact_ndcg):.4f} "
               f"(exact p50 {statistics.median(exact_ms):.1f} ms)")
 
         # Recall of the semantic arm against exact nearest neighbours, unfiltered and 1% filtered.
         recalls, filtered, full = [], [], 0
-        exact = ("SET LOCAL enable_indexscan = off; SELECT key FROM semsearch.store_docs_search {} "
-                 "ORDER BY embedding <=> %(v)s LIMIT 10")
+        exact = "SELECT key FROM semsearch.store_docs_search {} ORDER BY embedding <=> %(v)s LIMIT 10"
         tenant_keys = "ARRAY(SELECT id::text FROM docs WHERE tenant = 7)"
         for q in timed_ids:
             v = query_vectors[q]
             got = {k for k, *_ in conn.execute("SELECT * FROM semsearch.semantic_search('docs_search', %s, 10)", (v,))}
             with conn.transaction():
-                cur = conn.execute(exact.format(""), {"v": v})
-                cur.nextset()
-                truth = {k for k, in cur}
+                conn.execute("SET LOCAL enable_indexscan = off")
+                truth = {k for k, in conn.execute(exact.format(""), {"v": v})}
             recalls.append(len(got & truth) / 10)
             got = [k for k, *_ in conn.execute(
                 f"SELECT * FROM semsearch.semantic_search('docs_search', %s, 10, {tenant_keys})", (v,))]
             with conn.transaction():
-                cur = conn.execute(exact.format(f"WHERE key = ANY({tenant_keys})"), {"v": v})
-                cur.nextset()
-                truth = {k for k, in cur}
+                conn.execute("SET LOCAL enable_indexscan = off")
+                truth = {k for k, in conn.execute(exact.format(f"WHERE key = ANY({tenant_keys})"), {"v": v})}
             full += len(got) == 10
             filtered.append(len(set(got) & truth) / 10)
         print(f"filtered searches returning the full 10: {full}/{len(timed_ids)}")

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from .embedder import get_embedder
 from .errors import InvalidQuery
-from .options import (DEFAULT_CANDIDATES, DEFAULT_FUSION, DEFAULT_KEYWORD_WEIGHT, DEFAULT_RRF_K, DEFAULT_SEMANTIC_WEIGHT,
+from .options import (DEFAULT_FUSION, DEFAULT_KEYWORD_CANDIDATES, DEFAULT_SEMANTIC_CANDIDATES, DEFAULT_KEYWORD_WEIGHT, DEFAULT_RRF_K, DEFAULT_SEMANTIC_WEIGHT,
                       FUSIONS, KEYWORD_SYNTAXES, MAX_QUERY_CHARS, MAX_RESULTS)
 
 if TYPE_CHECKING:
@@ -147,8 +147,8 @@ def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, ca
            arm_scores: bool = False) -> Select:
     """arm_scores=True adds each arm's rank and score to every row (semantic_rank, semantic_score,
     keyword_rank, keyword_score; None where that arm did not find the row), to tune weights with."""
-    semantic_depth = _window(limit, semantic_candidates or candidates, DEFAULT_CANDIDATES)
-    keyword_depth = _window(limit, keyword_candidates or candidates, DEFAULT_CANDIDATES)
+    semantic_depth = _window(limit, semantic_candidates or candidates, DEFAULT_SEMANTIC_CANDIDATES)
+    keyword_depth = _window(limit, keyword_candidates or candidates, DEFAULT_KEYWORD_CANDIDATES)
     _fusion(fusion, rrf_k, semantic_weight, keyword_weight)
     _syntax(keyword_syntax)
     query = clean_query(query)

@@ -272,6 +272,7 @@ BEGIN
             USING HINT = 'Use 1-40 lowercase letters, digits or underscores, starting with a letter or underscore.';
     END IF;
     known := ({{known_dimensions}}::jsonb ->> model)::integer;
+    chunk_tokens := coalesce(chunk_tokens, ({{known_chunk_tokens}}::jsonb ->> model)::integer);
     IF dimensions IS NULL THEN
         dimensions := known;
         IF dimensions IS NULL THEN

@@ -53,8 +53,11 @@ BEGIN
     EXECUTE format('CREATE TABLE %s (key text PRIMARY KEY, length real NOT NULL, content_hash bytea NOT NULL, '
                    'tsv tsvector NOT NULL)', semsearch.keyword_table(ix, 'docs'));
     EXECUTE format('CREATE INDEX %I ON %s USING gin (tsv)', ix.store_table || '_docs_gin', semsearch.keyword_table(ix, 'docs'));
+    -- No primary key: (key, term) is unique by construction, and the btree on key alone (for deletes and
+    -- for scoring given rows) stores each key once (deduplication), a fraction of a (key, term) index.
     EXECUTE format('CREATE TABLE %s (term text NOT NULL, key text NOT NULL, tf real NOT NULL, dl real NOT NULL, '
-                   'impact real NOT NULL, PRIMARY KEY (key, term))', semsearch.keyword_table(ix, 'postings'));
+                   'impact real NOT NULL)', semsearch.keyword_table(ix, 'postings'));
+    EXECUTE format('CREATE INDEX %I ON %s (key)', ix.store_table || '_postings_key', semsearch.keyword_table(ix, 'postings'));
     EXECUTE format('CREATE INDEX %I ON %s (term, impact DESC) INCLUDE (key, tf, dl)',
                    ix.store_table || '_postings_impact', semsearch.keyword_table(ix, 'postings'));
     EXECUTE format('CREATE TABLE %s (term text NOT NULL, shard smallint NOT NULL, df integer NOT NULL, '

@@ -208,7 +208,7 @@ END $$;
 -- One arm's ranked keys (the search functions and hybrid fusion share them).
 CREATE OR REPLACE FUNCTION semsearch.semantic_arm(ix semsearch.indexes, query_embedding vector, n integer,
     filter_keys text[] DEFAULT NULL)
-RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM semsearch.check_query_vector(ix, query_embedding);
     PERFORM semsearch.cover_ef_search(n);
@@ -216,43 +216,21 @@ BEGIN
         USING query_embedding, n, filter_keys;
 END $$;
 
+-- Under row-level security the postings' policy filters inside each term's scan, before its LIMIT: a
+-- tenant's scan reads past other tenants' postings until it has `depth` of its own.
 CREATE OR REPLACE FUNCTION semsearch.keyword_arm(ix semsearch.indexes, query_text text, n integer,
     syntax text DEFAULT 'or', filter_keys text[] DEFAULT NULL)
-RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    depth   integer := greatest(n, {{keyword_term_depth}});
-    longest float8;
-    keys    text[];
-    scores  float8[];
+RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM semsearch.keyword_query('simple', '', syntax);  -- an unknown syntax is an error
-    IF syntax <> 'or' OR filter_keys IS NOT NULL THEN
-        RETURN QUERY EXECUTE semsearch.keyword_sql(ix, syntax, 'all', filter_keys IS NOT NULL)
-            USING query_text, n, filter_keys, depth;
-        RETURN;
-    END IF;
-    IF NOT row_security_active(semsearch.keyword_table(ix, 'postings')) THEN
-        RETURN QUERY EXECUTE semsearch.keyword_sql(ix) USING query_text, n, filter_keys, depth;
-        RETURN;
-    END IF;
-    -- Row-level security hides other roles' rows at the top of each term's postings: read deeper
-    -- until the caller's own rows fill the count or every posting of the query's terms has been read.
-    EXECUTE format('SELECT max(df) FROM (SELECT sum(t.df) AS df FROM %s t WHERE t.term IN (SELECT unnest(tsvector_to_array('
-                   'to_tsvector(%L::regconfig, left($1, {{max_query_chars}}))))) GROUP BY t.term) d',
-                   semsearch.keyword_table(ix, 'terms'), ix.ts_config::text)
-        INTO longest USING query_text;
-    LOOP
-        EXECUTE format('SELECT array_agg(r.key ORDER BY r.rank), array_agg(r.score ORDER BY r.rank) FROM (%s) r',
-                       semsearch.keyword_sql(ix)) INTO keys, scores USING query_text, n, filter_keys, depth;
-        EXIT WHEN coalesce(cardinality(keys), 0) >= n OR depth >= coalesce(longest, 0);
-        depth := least(depth::bigint * 10, 2000000000)::integer;
-    END LOOP;
-    RETURN QUERY SELECT u.k, u.s, u.r::integer FROM unnest(keys, scores) WITH ORDINALITY u(k, s, r);
+    RETURN QUERY EXECUTE semsearch.keyword_sql(ix, syntax, CASE WHEN syntax = 'or' AND filter_keys IS NULL THEN 'top' ELSE 'all' END,
+                                               filter_keys IS NOT NULL)
+        USING query_text, n, filter_keys, greatest(n, {{keyword_term_depth}});
 END $$;
 
 CREATE OR REPLACE FUNCTION semsearch.semantic_search(
     index_name text, query_embedding vector, match_count integer DEFAULT 10, filter_keys text[] DEFAULT NULL)
-RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM semsearch.check_search_args(match_count);
     RETURN QUERY SELECT * FROM semsearch.semantic_arm(semsearch.lookup_index(index_name), query_embedding, match_count, filter_keys);
@@ -261,7 +239,7 @@ END $$;
 CREATE OR REPLACE FUNCTION semsearch.keyword_search(
     index_name text, query_text text, match_count integer DEFAULT 10, syntax text DEFAULT 'or',
     filter_keys text[] DEFAULT NULL)
-RETURNS TABLE (key text, score float8, rank integer) LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM semsearch.check_search_args(match_count);
     RETURN QUERY SELECT * FROM semsearch.keyword_arm(semsearch.lookup_index(index_name), query_text, match_count, syntax, filter_keys);
@@ -277,7 +255,7 @@ RETURNS float8 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $
         ELSE coalesce((score - mean) / nullif(deviation, 0), 0) END
 $$;
 
--- Hybrid search: both arms (each `candidates` deep, or semantic_candidates / keyword_candidates), fused:
+-- Hybrid search: both arms (semantic_candidates and keyword_candidates deep, or both `candidates`), fused:
 --   rrf     score = sum over arms of weight / (rrf_k + rank)
 --   minmax  score = sum over arms of weight * (score - min) / (max - min), over that arm's candidates
 --   zscore  score = sum over arms of weight * (score - mean) / standard deviation
@@ -290,12 +268,12 @@ CREATE OR REPLACE FUNCTION semsearch.hybrid_search(
     keyword_syntax text DEFAULT 'or', filter_keys text[] DEFAULT NULL, fusion text DEFAULT {{fusion}},
     semantic_candidates integer DEFAULT NULL, keyword_candidates integer DEFAULT NULL)
 RETURNS TABLE (key text, score float8, semantic_rank integer, keyword_rank integer,
-               semantic_score float8, keyword_score float8) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+               semantic_score float8, keyword_score float8) ROWS 100 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
-    ns integer := greatest(coalesce(semantic_candidates, candidates, {{candidates}}), match_count);
-    nk integer := greatest(coalesce(keyword_candidates, candidates, {{candidates}}), match_count);
+    ns integer := greatest(coalesce(semantic_candidates, candidates, {{semantic_candidates}}), match_count);
+    nk integer := greatest(coalesce(keyword_candidates, candidates, {{keyword_candidates}}), match_count);
 BEGIN
     PERFORM semsearch.check_search_args(match_count, candidates, rrf_k, semantic_weight, keyword_weight, fusion,
                                         semantic_candidates, keyword_candidates);

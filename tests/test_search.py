@@ -155,7 +155,7 @@ def test_hybrid_rows_expose_each_arms_rank_and_score(corpus, conn):
     assert rows and rows[0][0].title == "Sourdough"
     top = rows[0]
     assert top.semantic_rank == 1 and top.keyword_rank == 1 and 0 < top.semantic_score <= 1 and top.keyword_score > 0
-    assert top.score == pytest.approx(1 / 61 + 1 / 61)  # RRF with rrf_k 60 and weight 1 per arm
+    assert top.score == pytest.approx(2.0)  # min-max fusion: the best of each arm scores 1, weight 1 per arm
     for row in rows:  # an arm that did not find a row gives None for both its rank and its score
         assert (row.semantic_rank is None) == (row.semantic_score is None)
         assert (row.keyword_rank is None) == (row.keyword_score is None)

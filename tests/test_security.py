@@ -193,11 +193,15 @@ def test_column_privileges_are_honoured(tenants, db_url):
 
 def test_a_small_tenant_among_many_rows_gets_its_full_limit(tenants):
     """12 of A's rows among 30,000 of B's: the semantic arm's HNSW scan goes on (iterative scan) until it
-    has found A's rows; pgvector's default scan limits would stop it short."""
+    has found A's rows, where pgvector's default scan limits would stop it short; the keyword arm reads
+    deeper into each term's postings until A's rows fill the limit."""
     with psycopg.connect(tenants["owner"], autocommit=True) as owner:
         b = owner.execute("SELECT tenant FROM docs WHERE id = 100").fetchone()[0]
-        owner.execute("INSERT INTO docs (id, tenant, body) SELECT g, %s, 'bulk ' || g FROM generate_series(1000, 30999) g",
+        owner.execute("INSERT INTO docs (id, tenant, body) SELECT g, %s, 'apple bulk ' || g FROM generate_series(1000, 30999) g",
                       (b,))
+        # B's short rows rank first for "apple": A's rows sit at the very end of the term's postings.
+        owner.execute("SELECT semsearch.index_keywords((semsearch.lookup_index('docs_search')).id, "
+                      "ARRAY(SELECT g::text FROM generate_series(1000, 30999) g))")
         owner.execute("DROP INDEX semsearch.store_docs_search_hnsw")
         owner.execute("INSERT INTO semsearch.store_docs_search (key, chunk, content, embedding, model, content_hash) "
                       "SELECT g::text, 0, 'bulk ' || g, (SELECT array_agg(random()::real - 0.5) "
@@ -212,3 +216,9 @@ def test_a_small_tenant_among_many_rows_gets_its_full_limit(tenants):
         plan = "\n".join(r[0] for r in a.execute(
             "SELECT * FROM semsearch.explain('docs_search', 'semantic', 'x', %s::vector, 10)", (vector,)))
         assert "store_docs_search_hnsw" in plan, plan
+        # The keyword arm reads past the other tenant's postings until A's own rows fill the limit.
+        keys = [k for (k,) in a.execute("SELECT key FROM semsearch.keyword_search('docs_search', 'apple', 10)")]
+        assert len(keys) == 10 and all(int(k) <= A_ROWS for k in keys), keys
+        rows = a.execute("SELECT key, keyword_rank FROM semsearch.hybrid_search('docs_search', 'apple', %s::vector, 10)",
+                         (vector,)).fetchall()
+        assert len(rows) == 10 and all(int(k) <= A_ROWS and rank is not None for k, rank in rows), rows
