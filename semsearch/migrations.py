@@ -252,6 +252,9 @@ def _render_drop(autogen_context, op: DropSearchIndexOp) -> str:
 @renderers.dispatch_for(AlterSearchIndexOp)
 def _render_alter(autogen_context, op: AlterSearchIndexOp) -> str:
     _import_operations(autogen_context)
-    args = [repr(op.index_name)] + [f"{k}={dict(v or ()) if k == 'weights' else v!r}" for k, v in op.changes.items()]
-    args.append(f"existing={op.existing!r}")
+    def plain(options: dict) -> dict:  # weights as a dict, as users write them
+        return {k: dict(v or ()) if k == "weights" else v for k, v in options.items()}
+
+    args = [repr(op.index_name)] + [f"{k}={v!r}" for k, v in plain(op.changes).items()]
+    args.append(f"existing={plain(op.existing)!r}")
     return f"op.alter_search_index({', '.join(args)})"

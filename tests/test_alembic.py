@@ -146,28 +146,29 @@ def test_upgrade_check_autogenerate_downgrade_and_upgrade_again(project, db_url,
     assert "vector" not in out.stderr  # no "Did not recognize type 'vector'" warnings
 
     # Autogenerate: a changed index, and a new model with its own index.
-    write_models(project, columns='"title", "body"', options=", chunk_tokens=128, hnsw_m=24", extra=NOTES)
+    write_models(project, columns='"title", "body"', options=", chunk_tokens=200, hnsw_m=24, weights={'title': 2.0}", extra=NOTES)
     alembic(project, "revision", "--autogenerate", "-m", "notes", "--rev-id", "0003", url=db_url)
     revision = next((project / "migrations" / "versions").glob("0003_*.py")).read_text()
     assert "import semsearch.migrations" in revision
     assert re.search(r"op\.create_table\('notes'.*op\.create_search_index\('notes_search', 'notes', \['text'\]",
                      revision, re.S), revision
-    assert ("op.alter_search_index('articles_search', columns=['title', 'body'], chunk_tokens=128, hnsw_m=24, "
-            "existing={'columns': ['title', 'body', 'summary'], 'chunk_tokens': None, 'hnsw_m': 16})") in revision
+    assert ("op.alter_search_index('articles_search', columns=['title', 'body'], chunk_tokens=200, hnsw_m=24, "
+            "weights={'title': 2.0}, existing={'columns': ['title', 'body', 'summary'], 'chunk_tokens': 128, "
+            "'hnsw_m': 16, 'weights': {}})") in revision
     downgrade = revision.split("def downgrade")[1]
     assert "op.drop_search_index('notes_search')" in downgrade
     assert downgrade.index("op.drop_search_index('notes_search')") < downgrade.index("op.drop_table('notes')")
     alembic(project, "upgrade", "head", url=db_url)
-    assert conn.execute("SELECT name, columns::text[], chunk_tokens, hnsw_m FROM semsearch.indexes ORDER BY name"
-                        ).fetchall() == [("articles_search", ["title", "body"], 128, 24),
-                                         ("notes_search", ["text"], None, 16)]
+    assert conn.execute("SELECT name, columns::text[], chunk_tokens, hnsw_m, column_weights FROM semsearch.indexes "
+                        "ORDER BY name").fetchall() == [("articles_search", ["title", "body"], 200, 24, [2.0, 1.0]),
+                                                        ("notes_search", ["text"], 128, 16, None)]
     hnsw = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'store_articles_search_hnsw'").fetchone()[0]
     assert "m='24'" in hnsw
     out = alembic(project, "check", url=db_url)
     assert "No new upgrade operations detected" in out.stdout + out.stderr
 
     # Removing a declaration autogenerates a drop whose downgrade recreates the index as it was.
-    write_models(project, columns='"title", "body"', options=", chunk_tokens=128, hnsw_m=24",
+    write_models(project, columns='"title", "body"', options=", chunk_tokens=200, hnsw_m=24, weights={'title': 2.0}",
                  extra=NOTES.replace('    search = SearchIndex("text", name="notes_search")\n', ""))
     alembic(project, "revision", "--autogenerate", "-m", "no notes search", "--rev-id", "0004", url=db_url)
     revision = next((project / "migrations" / "versions").glob("0004_*.py")).read_text()

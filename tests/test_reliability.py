@@ -15,6 +15,7 @@ from psycopg.rows import namedtuple_row
 from semsearch import Worker
 from semsearch.worker import load_indexes
 from semsearch.embedder import content_hash
+from semsearch.options import KNOWN_CHUNK_TOKENS
 
 from .helpers import drain, queue_keys, store_rows
 from .models import Base
@@ -28,11 +29,25 @@ def assert_exact(conn, chunk_overlap=32):
     rows = dict(conn.execute("SELECT id::text, concat_ws(E'\\n\\n', title, body) FROM articles").fetchall())
     stored = dict(conn.execute("SELECT key, content_hash FROM semsearch.store_articles_search WHERE chunk = 0").fetchall())
     failed = {r[0] for r in conn.execute("SELECT key FROM semsearch.failures").fetchall()}
-    expected = {k: content_hash(MODEL, None, chunk_overlap, t) for k, t in rows.items() if t.strip()}
+    expected = {k: content_hash(MODEL, KNOWN_CHUNK_TOKENS[MODEL], chunk_overlap, t) for k, t in rows.items() if t.strip()}
     missing = expected.keys() - stored.keys() - failed
     stale = {k for k in expected.keys() & stored.keys() if stored[k] != expected[k]}
     orphans = stored.keys() - rows.keys()
     assert (len(missing), len(stale), len(orphans)) == (0, 0, 0), (missing, stale, orphans)
+    # Keywords too: every row's keyword data is from its current text, and the statistics add up.
+    missing, stale, orphans = conn.execute(
+        "WITH r AS (SELECT id::text AS key, semsearch.keyword_hash('english', ARRAY[1, 1]::float8[], ARRAY[title, body]) AS h "
+        "             FROM articles WHERE to_tsvector('english', concat_ws(' ', title, body)) <> ''), "
+        "     d AS (SELECT key, content_hash AS h FROM semsearch.store_articles_search_docs) "
+        "SELECT count(*) FILTER (WHERE d.key IS NULL), count(*) FILTER (WHERE r.h <> d.h), "
+        "       count(*) FILTER (WHERE r.key IS NULL) FROM r FULL JOIN d USING (key)").fetchone()
+    assert (missing, stale, orphans) == (0, 0, 0), "keywords"
+    assert conn.execute(
+        "SELECT (SELECT coalesce(sum(docs), 0) FROM semsearch.store_articles_search_stats) = "
+        "       (SELECT count(*) FROM semsearch.store_articles_search_docs) AND NOT EXISTS ("
+        "SELECT FROM (SELECT term, sum(df) AS df FROM semsearch.store_articles_search_terms GROUP BY term) t "
+        "FULL JOIN (SELECT term, count(*) AS df FROM semsearch.store_articles_search_postings GROUP BY term) p "
+        "USING (term) WHERE coalesce(t.df, 0) <> coalesce(p.df, 0))").fetchone() == (True,), "keyword statistics"
     assert queue_keys(conn) == []
     return len(stored)
 
