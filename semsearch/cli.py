@@ -7,6 +7,7 @@ import signal
 import sys
 
 from .errors import SemsearchError
+from .options import DEFAULT_FUSION, FUSIONS
 
 
 def _url(args) -> str:
@@ -150,8 +151,8 @@ def cmd_search(args) -> None:
                                     (args.index, vector, args.limit)).fetchall()
             else:
                 rows = conn.execute("SELECT key, score FROM semsearch.hybrid_search(%s, %s, %s, %s, "
-                                    "keyword_syntax => %s)",
-                                    (args.index, args.query, vector, args.limit, args.syntax)).fetchall()
+                                    "keyword_syntax => %s, fusion => %s)",
+                                    (args.index, args.query, vector, args.limit, args.syntax, args.fusion)).fetchall()
         snippets = dict(conn.execute(
             sql.SQL("SELECT DISTINCT ON (key) key, content FROM semsearch.{} WHERE key = ANY(%s) ORDER BY key, chunk")
             .format(sql.Identifier(store)), ([key for key, _ in rows],)).fetchall())
@@ -245,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--syntax", choices=["or", "websearch", "phrase", "prefix"], default="or",
                    help="keyword query syntax: or (natural language), websearch (\"quoted\", OR, -excluded), "
                         "phrase, prefix")
+    p.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION, help="how hybrid mode fuses the arms")
 
     p = add("backfill", cmd_backfill, "(re-)queue an index's rows, all or those matching --where")
     p.add_argument("index")
