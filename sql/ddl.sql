@@ -323,30 +323,17 @@ BEGIN
         IF ix.columns::text[] IS DISTINCT FROM columns THEN
             changes := changes || jsonb_build_object('columns', columns);
         END IF;
-        IF ix.ts_config <> ts_config THEN
-            changes := changes || jsonb_build_object('ts_config', ts_config::text);
-        END IF;
-        IF ix.chunk_tokens IS DISTINCT FROM chunk_tokens THEN
-            changes := changes || jsonb_build_object('chunk_tokens', chunk_tokens);
-        END IF;
-        IF ix.chunk_overlap <> chunk_overlap THEN
-            changes := changes || jsonb_build_object('chunk_overlap', chunk_overlap);
-        END IF;
-        IF ix.hnsw_m <> hnsw_m THEN
-            changes := changes || jsonb_build_object('hnsw_m', hnsw_m);
-        END IF;
-        IF ix.hnsw_ef_construction <> hnsw_ef_construction THEN
-            changes := changes || jsonb_build_object('hnsw_ef_construction', hnsw_ef_construction);
-        END IF;
+        -- Every option that differs from the registry, as alter_index takes it.
+        SELECT changes || coalesce(jsonb_object_agg(w.key, w.value), '{}') INTO changes
+          FROM jsonb_each(jsonb_build_object('ts_config', ts_config::text, 'chunk_tokens', chunk_tokens,
+                   'chunk_overlap', chunk_overlap, 'hnsw_m', hnsw_m, 'hnsw_ef_construction', hnsw_ef_construction,
+                   'bm25_k1', bm25_k1, 'bm25_b', bm25_b)) w
+         WHERE w.value IS DISTINCT FROM jsonb_build_object('ts_config', ix.ts_config::text, 'chunk_tokens', ix.chunk_tokens,
+                   'chunk_overlap', ix.chunk_overlap, 'hnsw_m', ix.hnsw_m, 'hnsw_ef_construction', ix.hnsw_ef_construction,
+                   'bm25_k1', ix.bm25_k1, 'bm25_b', ix.bm25_b) -> w.key;
         IF semsearch.column_weights(ix) IS DISTINCT FROM coalesce(column_weights, array_fill(1::float8, ARRAY[cardinality(columns)]))
            OR changes ? 'columns' THEN
             changes := changes || jsonb_build_object('weights', coalesce(weights, '{}'));
-        END IF;
-        IF ix.bm25_k1 <> bm25_k1 THEN
-            changes := changes || jsonb_build_object('bm25_k1', bm25_k1);
-        END IF;
-        IF ix.bm25_b <> bm25_b THEN
-            changes := changes || jsonb_build_object('bm25_b', bm25_b);
         END IF;
         IF changes <> '{}' THEN
             PERFORM semsearch.alter_index(index_name, changes);

@@ -1,7 +1,8 @@
 -- The keyword arm's data: BM25 over an inverted index kept in plain tables (stock PostgreSQL, so it runs
 -- on managed services). Per index, beside its store:
---   <store>_docs      one row per source row: its weighted length, a content hash and a tsvector (GIN)
---                     for the exact syntaxes (phrase, prefix, websearch)
+--   <store>_docs      one row per source row: its weighted length, its terms with their weighted
+--                     frequencies (to score given rows exactly), a content hash and a tsvector (GIN) for
+--                     the exact syntaxes (phrase, prefix, websearch)
 --   <store>_postings  one row per (row, term): the term's weighted frequency, the row's length and an
 --                     impact, the BM25 term score at a reference average length; read per query term in
 --                     impact order, so a query reads the best postings of each term, not all of them
@@ -50,8 +51,8 @@ BEGIN
     IF to_regclass(semsearch.keyword_table(ix, 'docs')) IS NOT NULL THEN
         RETURN false;
     END IF;
-    EXECUTE format('CREATE TABLE %s (key text PRIMARY KEY, length real NOT NULL, content_hash bytea NOT NULL, '
-                   'tsv tsvector NOT NULL)', semsearch.keyword_table(ix, 'docs'));
+    EXECUTE format('CREATE TABLE %s (key text PRIMARY KEY, length real NOT NULL, terms text[] NOT NULL, '
+                   'tfs real[] NOT NULL, content_hash bytea NOT NULL, tsv tsvector NOT NULL)', semsearch.keyword_table(ix, 'docs'));
     EXECUTE format('CREATE INDEX %I ON %s USING gin (tsv)', ix.store_table || '_docs_gin', semsearch.keyword_table(ix, 'docs'));
     -- No primary key: (key, term) is unique by construction, and the btree on key alone (for deletes and
     -- for scoring given rows) stores each key once (deduplication), a fraction of a (key, term) index.
@@ -127,9 +128,10 @@ BEGIN
         'lex AS (SELECT s.key, l.lexeme AS term, sum($3[c.n] * cardinality(l.positions))::real AS tf '
         '          FROM src s, unnest(s.texts) WITH ORDINALITY c(txt, n), unnest(to_tsvector($2, c.txt)) l '
         '         WHERE c.txt IS NOT NULL GROUP BY 1, 2 HAVING sum($3[c.n] * cardinality(l.positions)) > 0), '
-        'doc AS (SELECT key, sum(tf)::real AS length FROM lex GROUP BY key), '
-        'new_docs AS (INSERT INTO %5$s (key, length, content_hash, tsv) '
-        '             SELECT s.key, d.length, semsearch.keyword_hash($2, $3, s.texts), '
+        'doc AS (SELECT key, sum(tf)::real AS length, array_agg(term ORDER BY term) AS terms, '
+        '               array_agg(tf ORDER BY term) AS tfs FROM lex GROUP BY key), '
+        'new_docs AS (INSERT INTO %5$s (key, length, terms, tfs, content_hash, tsv) '
+        '             SELECT s.key, d.length, d.terms, d.tfs, semsearch.keyword_hash($2, $3, s.texts), '
         '                    to_tsvector($2, array_to_string(s.texts, chr(10))) FROM src s JOIN doc d USING (key) '
         '             RETURNING length), '
         'new_stats AS (INSERT INTO %6$s AS s (shard, docs, length) SELECT $4, count(*), sum(length) FROM new_docs '

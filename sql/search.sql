@@ -134,45 +134,61 @@ END $$;
 
 -- The keyword arm's SQL: BM25 with the index's k1 and b, over the current statistics.
 -- $1 = query text, $2 = documents wanted, $3 = filter keys, $4 = postings read per query term.
--- syntax 'or' (natural language: any query term may match) reads each term's postings in impact order,
--- `depth` at most ('top'), or whole ('all': with a filter, the filter's rows are scored exactly). The
--- exact syntaxes (websearch, phrase, prefix) match rows through the GIN index, then score them the same way.
+-- syntax 'or' (natural language: any query term may match): plan 'top' reads each term's postings in
+-- impact order, $4 at most, and ranks the documents found by the sum of those postings; the best
+-- 2 x $2 (at least 100) are then scored exactly from their own term lists, so a document's score never
+-- misses a term it has. plan 'all' reads every posting of the query's terms (exhaustive; with a filter,
+-- only the filter's rows); plan 'keys' scores the filter's rows from their term lists (for a short
+-- list, {{exact_filter_keys}} keys at most, that is cheaper than reading the terms' postings). The exact syntaxes (websearch, phrase, prefix) match rows through the GIN
+-- index and score them the same way.
 CREATE OR REPLACE FUNCTION semsearch.keyword_sql(ix semsearch.indexes, syntax text DEFAULT 'or',
     plan text DEFAULT 'top', filtered boolean DEFAULT false)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    docs   text := semsearch.keyword_table(ix, 'docs');
     common text := format(
         'q AS (SELECT DISTINCT lexeme AS term FROM unnest(tsvector_to_array(to_tsvector(%L::regconfig, left($1, {{max_query_chars}})))) lexeme), '
         'st AS (SELECT sum(docs)::float8 AS n, sum(length)::float8 / nullif(sum(docs), 0) AS avgdl FROM %s), ',
         ix.ts_config::text, semsearch.keyword_table(ix, 'stats'));
-    idf text := 'ln(1 + (st.n - d.df + 0.5) / (d.df + 0.5))';
-    df  text := format('CROSS JOIN LATERAL (SELECT sum(t.df)::float8 AS df FROM %s t WHERE t.term = %%s) d WHERE d.df > 0',
-                       semsearch.keyword_table(ix, 'terms'));
-    hits text;
+    idf    text := 'ln(1 + (st.n - d.df + 0.5) / (d.df + 0.5))';
+    df     text := format('CROSS JOIN LATERAL (SELECT sum(t.df)::float8 AS df FROM %s t WHERE t.term = %%s) d WHERE d.df > 0',
+                          semsearch.keyword_table(ix, 'terms'));
+    -- Exact scores of the rows in `rows` (a CTE of keys) from their term lists.
+    rescore text := format(
+        'hits AS (SELECT r.key, w.idf * %s AS s FROM rows r JOIN %s dd ON dd.key = r.key '
+        '         CROSS JOIN LATERAL unnest(dd.terms, dd.tfs) u(term, tf) JOIN w ON w.term = u.term CROSS JOIN st) ',
+        semsearch.bm25_sql(ix, 'u.tf', 'dd.length', 'st.avgdl'), docs);
+    body   text;
 BEGIN
     IF syntax = 'or' THEN
-        hits := format(
-            'w AS (SELECT q.term, %s AS idf FROM q CROSS JOIN st %s), '
-            'hits AS (SELECT p.key, w.idf * %s AS s FROM w CROSS JOIN st CROSS JOIN LATERAL '
-            '         (SELECT p.key, p.tf, p.dl FROM %s p WHERE p.term = w.term %s %s) p) ',
-            idf, format(df, 'q.term'), semsearch.bm25_sql(ix, 'p.tf', 'p.dl', 'st.avgdl'),
-            semsearch.keyword_table(ix, 'postings'),
-            CASE WHEN filtered THEN 'AND p.key = ANY($3)' ELSE '' END,
-            CASE WHEN plan = 'top' THEN 'ORDER BY p.impact DESC LIMIT $4' ELSE '' END);
+        body := format('w AS (SELECT q.term, %s AS idf FROM q CROSS JOIN st %s), ', idf, format(df, 'q.term'));
+        IF plan = 'top' THEN
+            body := body || format(
+                'found AS (SELECT p.key, w.idf * %s AS s FROM w CROSS JOIN st CROSS JOIN LATERAL '
+                '          (SELECT p.key, p.tf, p.dl FROM %s p WHERE p.term = w.term ORDER BY p.impact DESC LIMIT $4) p), '
+                'rows AS (SELECT key FROM found GROUP BY key ORDER BY sum(s) DESC, key LIMIT greatest(2 * $2, 100)), ',
+                semsearch.bm25_sql(ix, 'p.tf', 'p.dl', 'st.avgdl'), semsearch.keyword_table(ix, 'postings')) || rescore;
+        ELSIF plan = 'keys' THEN  -- a short filter list: its rows, scored from their term lists
+            body := body || 'rows AS (SELECT DISTINCT unnest($3) AS key), ' || rescore;
+        ELSE
+            body := body || format(
+                'hits AS (SELECT p.key, w.idf * %s AS s FROM w CROSS JOIN st CROSS JOIN LATERAL '
+                '         (SELECT p.key, p.tf, p.dl FROM %s p WHERE p.term = w.term %s) p) ',
+                semsearch.bm25_sql(ix, 'p.tf', 'p.dl', 'st.avgdl'), semsearch.keyword_table(ix, 'postings'),
+                CASE WHEN filtered THEN 'AND p.key = ANY($3)' ELSE '' END);
+        END IF;
     ELSE
-        hits := format(
-            'm AS MATERIALIZED (SELECT d.key FROM %s d WHERE d.tsv @@ semsearch.keyword_query(%L::regconfig, $1, %L) %s), '
-            'h AS (SELECT p.key, p.term, p.tf, p.dl FROM m JOIN %s p ON p.key = m.key WHERE %s), '
-            'w AS (SELECT u.term, %s AS idf FROM (SELECT DISTINCT term FROM h) u CROSS JOIN st %s), '
-            'hits AS (SELECT h.key, w.idf * %s AS s FROM h JOIN w ON w.term = h.term CROSS JOIN st) ',
-            semsearch.keyword_table(ix, 'docs'), ix.ts_config::text, syntax,
-            CASE WHEN filtered THEN 'AND d.key = ANY($3)' ELSE '' END,
-            semsearch.keyword_table(ix, 'postings'),
-            CASE WHEN syntax = 'prefix' THEN 'EXISTS (SELECT 1 FROM q WHERE starts_with(p.term, q.term))'
-                 ELSE 'p.term IN (SELECT term FROM q)' END,
-            idf, format(df, 'u.term'), semsearch.bm25_sql(ix, 'h.tf', 'h.dl', 'st.avgdl'));
+        body := format(
+            'rows AS MATERIALIZED (SELECT d.key FROM %s d WHERE d.tsv @@ semsearch.keyword_query(%L::regconfig, $1, %L) %s), '
+            'w AS (SELECT u.term, %s AS idf FROM (SELECT DISTINCT u.term FROM rows r JOIN %s dd ON dd.key = r.key '
+            '      CROSS JOIN LATERAL unnest(dd.terms) u(term) WHERE %s) u CROSS JOIN st %s), ',
+            docs, ix.ts_config::text, syntax, CASE WHEN filtered THEN 'AND d.key = ANY($3)' ELSE '' END,
+            idf, docs,
+            CASE WHEN syntax = 'prefix' THEN 'EXISTS (SELECT 1 FROM q WHERE starts_with(u.term, q.term))'
+                 ELSE 'u.term IN (SELECT term FROM q)' END,
+            format(df, 'u.term')) || rescore;
     END IF;
-    RETURN 'WITH ' || common || hits ||
+    RETURN 'WITH ' || common || body ||
            'SELECT key, sum(s)::float8 AS score, row_number() OVER (ORDER BY sum(s) DESC, key)::integer AS rank '
            'FROM hits GROUP BY key ORDER BY sum(s) DESC, key LIMIT $2';
 END $$;
@@ -216,6 +232,12 @@ BEGIN
         USING query_embedding, n, filter_keys;
 END $$;
 
+CREATE OR REPLACE FUNCTION semsearch.keyword_plan(syntax text, filter_keys text[])
+RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN syntax <> 'or' THEN 'all' WHEN filter_keys IS NULL THEN 'top'
+                WHEN cardinality(filter_keys) <= {{exact_filter_keys}} THEN 'keys' ELSE 'all' END
+$$;
+
 -- Under row-level security the postings' policy filters inside each term's scan, before its LIMIT: a
 -- tenant's scan reads past other tenants' postings until it has `depth` of its own.
 CREATE OR REPLACE FUNCTION semsearch.keyword_arm(ix semsearch.indexes, query_text text, n integer,
@@ -223,8 +245,7 @@ CREATE OR REPLACE FUNCTION semsearch.keyword_arm(ix semsearch.indexes, query_tex
 RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM semsearch.keyword_query('simple', '', syntax);  -- an unknown syntax is an error
-    RETURN QUERY EXECUTE semsearch.keyword_sql(ix, syntax, CASE WHEN syntax = 'or' AND filter_keys IS NULL THEN 'top' ELSE 'all' END,
-                                               filter_keys IS NOT NULL)
+    RETURN QUERY EXECUTE semsearch.keyword_sql(ix, syntax, semsearch.keyword_plan(syntax, filter_keys), filter_keys IS NOT NULL)
         USING query_text, n, filter_keys, greatest(n, {{keyword_term_depth}});
 END $$;
 
@@ -309,8 +330,7 @@ BEGIN
             USING query_embedding, candidates, filter_keys;
     ELSIF arm = 'keyword' THEN
         PERFORM semsearch.keyword_query('simple', '', syntax);
-        RETURN QUERY EXECUTE 'EXPLAIN ' || semsearch.keyword_sql(ix, syntax, CASE WHEN syntax = 'or' AND filter_keys IS NULL
-                                                                                  THEN 'top' ELSE 'all' END,
+        RETURN QUERY EXECUTE 'EXPLAIN ' || semsearch.keyword_sql(ix, syntax, semsearch.keyword_plan(syntax, filter_keys),
                                                                  filter_keys IS NOT NULL)
             USING query_text, candidates, filter_keys, greatest(candidates, {{keyword_term_depth}});
     ELSE
