@@ -12,6 +12,8 @@ import asyncio
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import Float, Integer, Select, Text, and_, cast, column, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
@@ -46,14 +48,15 @@ async def embed_query_async(index: "SearchIndex", query: str):
 
 
 def _vector_param(index: "SearchIndex", vector):
-    values = [float(v) for v in vector]
+    """The query vector as a bound parameter, checked with numpy (it is on the path of every query)."""
+    values = np.asarray(vector, dtype=np.float32).ravel()
     expected = index.options.dimensions
     if expected is not None and len(values) != expected:
         raise InvalidQuery(f"index {index.name!r} holds {expected}-dimensional vectors; "
                            f"the query vector has {len(values)}")
-    if not all(math.isfinite(v) for v in values):
+    if not np.isfinite(values).all():
         raise InvalidQuery("the query vector holds NaN or infinite values")
-    if index.options.distance == "cosine" and not any(values):
+    if index.options.distance == "cosine" and not values.any():
         raise InvalidQuery("the query vector is all zeros, which has no cosine distance")
     return cast(literal(values, Vector(len(values))), Vector(len(values)))
 

@@ -17,12 +17,17 @@ BEGIN
                          'semsearch status lists the existing ones.';
     END IF;
     -- A table renamed, moved or re-keyed since the last worker pass: follow it now, so searches keep
-    -- working (cheap to check; the repair itself takes no lock on the table).
+    -- working. The check is on every search, so it compares the table's name and key with those the
+    -- visibility function was written for (its comment), in plain catalog reads; the repair itself
+    -- takes no lock on the table.
     IF EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source)
-       AND NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'semsearch'::regnamespace
-                       AND p.proname = 'visible_' || ix.name
-                       AND p.prosrc = semsearch.visibility_body(ix)
-                       AND semsearch.current_key_columns(ix.source) IS NOT DISTINCT FROM ix.key_columns)
+       AND (SELECT d.description FROM pg_proc p
+              JOIN pg_description d ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass AND d.objsubid = 0
+             WHERE p.pronamespace = 'semsearch'::regnamespace AND p.proname = 'visible_' || ix.name)
+           IS DISTINCT FROM format('%s %s', ix.source::text,
+               (SELECT array_agg(a.attname ORDER BY k.n) FROM pg_index x, unnest(x.indkey) WITH ORDINALITY k(attnum, n),
+                       pg_attribute a
+                 WHERE x.indrelid = ix.source AND x.indisprimary AND a.attrelid = ix.source AND a.attnum = k.attnum))
        AND NOT pg_is_in_recovery() THEN
         PERFORM semsearch.refresh_index(ix.id);
         PERFORM semsearch.install_visibility(i) FROM semsearch.indexes i WHERE i.id = ix.id;
@@ -67,16 +72,21 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   ix.source, semsearch.key_columns_sql(ix, 't'), semsearch.key_values_sql(ix, 'key'))
 $$;
 
+-- Its comment names the table and key it was written for: lookup_index compares them on every search.
 CREATE OR REPLACE FUNCTION semsearch.install_visibility(ix semsearch.indexes)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    fn   name := 'visible_' || ix.name;
-    body text := semsearch.visibility_body(ix);
+    fn          name := 'visible_' || ix.name;
+    body        text := semsearch.visibility_body(ix);
+    fingerprint text := format('%s %s', ix.source::text, ix.key_columns::text);
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'semsearch'::regnamespace
                    AND p.proname = fn AND p.prosrc = body) THEN
         EXECUTE format('CREATE OR REPLACE FUNCTION semsearch.%I(key text) RETURNS boolean LANGUAGE sql STABLE '
                        'SET search_path = pg_catalog, pg_temp AS %L', fn, body);
+    END IF;
+    IF obj_description(format('semsearch.%I(text)', fn)::regprocedure, 'pg_proc') IS DISTINCT FROM fingerprint THEN
+        EXECUTE format('COMMENT ON FUNCTION semsearch.%I(text) IS %L', fn, fingerprint);
     END IF;
 END $$;
 
