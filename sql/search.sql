@@ -135,7 +135,9 @@ END $$;
 -- The keyword arm's SQL: BM25 with the index's k1 and b, over the current statistics.
 -- $1 = query text, $2 = documents wanted, $3 = filter keys, $4 = postings read per query term.
 -- syntax 'or' (natural language: any query term may match): plan 'top' reads each term's postings in
--- impact order, $4 at most, and ranks the documents found by the sum of those postings; the best
+-- impact order, $4 for the rarest term and fewer for commoner ones (in proportion to their IDF: a
+-- common term adds little to any score, and its contribution is added back exactly below), and ranks
+-- the documents found by the sum of those postings; the best
 -- 2 x $2 (at least 100) are then scored exactly from their own term lists, so a document's score never
 -- misses a term it has. plan 'all' reads every posting of the query's terms (exhaustive; with a filter,
 -- only the filter's rows); plan 'keys' scores the filter's rows from their term lists (for a short
@@ -165,7 +167,8 @@ BEGIN
         IF plan = 'top' THEN
             body := body || format(
                 'found AS (SELECT p.key, w.idf * %s AS s FROM w CROSS JOIN st CROSS JOIN LATERAL '
-                '          (SELECT p.key, p.tf, p.dl FROM %s p WHERE p.term = w.term ORDER BY p.impact DESC LIMIT $4) p), '
+                '          (SELECT p.key, p.tf, p.dl FROM %s p WHERE p.term = w.term ORDER BY p.impact DESC '
+                '           LIMIT greatest($2, ($4 * w.idf / (SELECT max(idf) FROM w))::integer)) p), '
                 'rows AS (SELECT key FROM found GROUP BY key ORDER BY sum(s) DESC, key LIMIT greatest(2 * $2, 100)), ',
                 semsearch.bm25_sql(ix, 'p.tf', 'p.dl', 'st.avgdl'), semsearch.keyword_table(ix, 'postings')) || rescore;
         ELSIF plan = 'keys' THEN  -- a short filter list: its rows, scored from their term lists
