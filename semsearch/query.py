@@ -58,7 +58,7 @@ def _vector_param(index: "SearchIndex", vector):
         raise InvalidQuery("the query vector holds NaN or infinite values")
     if index.options.distance == "cosine" and not values.any():
         raise InvalidQuery("the query vector is all zeros, which has no cosine distance")
-    return cast(literal(values, Vector(len(values))), Vector(len(values)))
+    return cast(literal(values.tolist(), Vector(len(values))), Vector(len(values)))
 
 
 def _window(limit: int, candidates: int | None, default: int | None = None) -> int:

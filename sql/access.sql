@@ -13,7 +13,8 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE SET search_path = pg_catalog, pg_
            WHEN 'app' THEN ARRAY['semantic_search', 'keyword_search', 'hybrid_search', 'explain', 'lookup_index',
                                  'or_query', 'distance_operator', 'vector_schema', 'check_query_vector', 'semantic_sql',
                                  'keyword_sql', 'keyword_plan', 'semantic_arm', 'keyword_arm', 'fusion_value', 'keyword_table',
-                                 'bm25_sql', 'chunk_rows', 'cover_ef_search', 'check_search_args', 'keyword_query']
+                                 'bm25_sql', 'chunk_rows', 'cover_ef_search', 'check_search_args', 'keyword_query',
+                                 'check_keyword_syntax']
            ELSE ARRAY['read_source', 'backfill_step', 'lock_for_batch', 'source_visibility_problem', 'refresh_index',
                       'lookup_index', 'index_status', 'request_backfill', 'request_backfill_by_id', 'index_keywords',
                       'refresh_keyword_stats']

@@ -206,8 +206,10 @@ BEGIN
     IF weights IS NULL OR weights = 'null' OR weights = '{}' THEN
         RETURN NULL;
     END IF;
-    IF jsonb_typeof(weights) <> 'object' OR EXISTS (SELECT 1 FROM jsonb_each(weights) e WHERE jsonb_typeof(e.value) <> 'number') THEN
-        RAISE EXCEPTION 'semsearch index "%": weights must be an object of column names and numbers, not %', index_name, weights
+    IF jsonb_typeof(weights) <> 'object' OR EXISTS (SELECT 1 FROM jsonb_each(weights) e WHERE jsonb_typeof(e.value) <> 'number'
+                                                      OR CASE WHEN jsonb_typeof(e.value) = 'number'
+                                                              THEN (e.value)::text::float8 < 0 END) THEN
+        RAISE EXCEPTION 'semsearch index "%": weights must map column names to numbers of 0 or more, not %', index_name, weights
             USING ERRCODE = 'data_exception', HINT = 'For example ''{"title": 2}''.';
     END IF;
     SELECT string_agg(k, ', ') INTO unknown FROM jsonb_object_keys(weights) k WHERE NOT k = ANY (columns);
@@ -413,6 +415,12 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
+    PERFORM semsearch.check_keyword_options(old.name,
+        CASE WHEN changes ? 'columns' THEN ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns')) ELSE old.columns END,
+        CASE WHEN changes ? 'weights' THEN semsearch.weights_array(old.name, CASE WHEN changes ? 'columns'
+                 THEN ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns')) ELSE old.columns END, changes -> 'weights')
+             WHEN changes ? 'columns' THEN NULL ELSE old.column_weights END,
+        coalesce((changes ->> 'bm25_k1')::float8, old.bm25_k1), coalesce((changes ->> 'bm25_b')::float8, old.bm25_b));
     UPDATE semsearch.indexes i SET
         columns = CASE WHEN changes ? 'columns'
                        THEN ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns'))::name[] ELSE i.columns END,
@@ -438,12 +446,14 @@ BEGIN
     IF ix.columns IS DISTINCT FROM old.columns THEN
         PERFORM semsearch.install_triggers(ix);
     END IF;
-    IF ix.ts_config <> old.ts_config OR ix.column_weights IS DISTINCT FROM old.column_weights THEN
-        PERFORM semsearch.clear_keywords(ix);  -- every row is indexed again (its embedding is kept)
-        PERFORM semsearch.backfill_if_rows(ix);
-    ELSIF (ix.bm25_k1, ix.bm25_b) IS DISTINCT FROM (old.bm25_k1, old.bm25_b) THEN
+    IF (ix.bm25_k1, ix.bm25_b) IS DISTINCT FROM (old.bm25_k1, old.bm25_b) THEN
         UPDATE semsearch.indexes i SET bm25_avgdl = NULL WHERE i.id = ix.id;
         PERFORM semsearch.refresh_keyword_stats(ix.id);
+    END IF;
+    IF ix.ts_config <> old.ts_config OR ix.column_weights IS DISTINCT FROM old.column_weights THEN
+        -- Every row's keywords are indexed again as the worker reaches it (their hash includes both);
+        -- until then the old ones keep serving. The embeddings are kept.
+        PERFORM semsearch.backfill_if_rows(ix);
     END IF;
     IF (ix.hnsw_m, ix.hnsw_ef_construction) IS DISTINCT FROM (old.hnsw_m, old.hnsw_ef_construction) THEN
         PERFORM semsearch.build_hnsw(ix);

@@ -68,15 +68,6 @@ BEGIN
     RETURN true;
 END $$;
 
--- Empty an index's keyword data (its rows are then indexed again from the queue or a backfill).
-CREATE OR REPLACE FUNCTION semsearch.clear_keywords(ix semsearch.indexes)
-RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    EXECUTE format('TRUNCATE %s, %s, %s, %s', semsearch.keyword_table(ix, 'docs'), semsearch.keyword_table(ix, 'postings'),
-                   semsearch.keyword_table(ix, 'terms'), semsearch.keyword_table(ix, 'stats'));
-    UPDATE semsearch.indexes i SET bm25_avgdl = NULL WHERE i.id = ix.id;
-END $$;
-
 -- Bring the keyword data of these keys in line with their rows as they are now: rows whose text (or the
 -- index's configuration or weights) changed are re-indexed, deleted rows removed, unchanged rows left
 -- alone. Returns how many keys changed. The worker calls it holding the keys' advisory locks.

@@ -60,16 +60,23 @@ $$;
 -- match, ranking decides), 'websearch' (websearch_to_tsquery: "quoted phrases", OR, -excluded),
 -- 'phrase' (the words next to each other, in order) or 'prefix' (any word starting with a query word).
 -- NULL when nothing is left to match, so no empty-query NOTICE.
-CREATE OR REPLACE FUNCTION semsearch.keyword_query(config regconfig, query_text text, syntax text DEFAULT 'or')
-RETURNS tsquery LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    q tsquery;
-    t text := left(coalesce(query_text, ''), {{max_query_chars}});
+CREATE OR REPLACE FUNCTION semsearch.check_keyword_syntax(syntax text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF syntax IS NULL OR syntax NOT IN ('or', 'websearch', 'phrase', 'prefix') THEN
         RAISE EXCEPTION 'unknown keyword syntax "%"', syntax
             USING ERRCODE = 'data_exception', HINT = 'Use or, websearch, phrase or prefix.';
     END IF;
+END $$;
+
+-- (client_min_messages: a query of stop words only makes the tsquery functions send a NOTICE.)
+CREATE OR REPLACE FUNCTION semsearch.keyword_query(config regconfig, query_text text, syntax text DEFAULT 'or')
+RETURNS tsquery LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    q tsquery;
+    t text := left(coalesce(query_text, ''), {{max_query_chars}});
+BEGIN
+    PERFORM semsearch.check_keyword_syntax(syntax);
     q := CASE syntax
         WHEN 'or' THEN semsearch.or_query(config, t)
         WHEN 'websearch' THEN websearch_to_tsquery(config, t)
@@ -247,7 +254,7 @@ CREATE OR REPLACE FUNCTION semsearch.keyword_arm(ix semsearch.indexes, query_tex
     syntax text DEFAULT 'or', filter_keys text[] DEFAULT NULL)
 RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM semsearch.keyword_query('simple', '', syntax);  -- an unknown syntax is an error
+    PERFORM semsearch.check_keyword_syntax(syntax);
     RETURN QUERY EXECUTE semsearch.keyword_sql(ix, syntax, semsearch.keyword_plan(syntax, filter_keys), filter_keys IS NOT NULL)
         USING query_text, n, filter_keys, greatest(n, {{keyword_term_depth}});
 END $$;
@@ -332,7 +339,7 @@ BEGIN
                                                                   cardinality(filter_keys) <= {{exact_filter_keys}})
             USING query_embedding, candidates, filter_keys;
     ELSIF arm = 'keyword' THEN
-        PERFORM semsearch.keyword_query('simple', '', syntax);
+        PERFORM semsearch.check_keyword_syntax(syntax);
         RETURN QUERY EXECUTE 'EXPLAIN ' || semsearch.keyword_sql(ix, syntax, semsearch.keyword_plan(syntax, filter_keys),
                                                                  filter_keys IS NOT NULL)
             USING query_text, candidates, filter_keys, greatest(candidates, {{keyword_term_depth}});

@@ -117,6 +117,8 @@ def test_weights_and_bm25_options_change_in_place(notes, conn, db_url, fake_embe
     before = conn.execute("SELECT key, score FROM semsearch.keyword_search('notes_search', 'glacier', 5)").fetchall()
     embedded = conn.execute("SELECT max(embedded_at) FROM semsearch.store_notes_search").fetchone()
     conn.execute("""SELECT semsearch.alter_index('notes_search', '{"weights": {"title": 0}, "bm25_b": 0.3}')""")
+    # Until the worker has re-indexed them, rows keep their old keywords: search never goes blank.
+    assert len(conn.execute("SELECT key FROM semsearch.keyword_search('notes_search', 'glacier', 5)").fetchall()) == 5
     drain(db_url, fake_embedder("all-MiniLM-L6-v2"))
     # Title matches no longer count: a note whose title alone says glacier is not found by it.
     keys = {k for (k,) in conn.execute("SELECT key FROM semsearch.keyword_search('notes_search', 'report', 50)")}
@@ -126,6 +128,14 @@ def test_weights_and_bm25_options_change_in_place(notes, conn, db_url, fake_embe
     assert conn.execute("SELECT max(embedded_at) FROM semsearch.store_notes_search").fetchone() == embedded
     with pytest.raises(psycopg.errors.DataException, match="weights name column"):
         conn.execute("""SELECT semsearch.alter_index('notes_search', '{"weights": {"summary": 2}}')""")
+    for bad, message in (('{"weights": {"title": -2}}', "numbers of 0 or more"), ('{"bm25_b": 1.5}', "bm25_b from 0 to 1")):
+        with pytest.raises(psycopg.errors.DataException, match=message):
+            conn.execute("SELECT semsearch.alter_index('notes_search', %s)", (bad,))
+    notices = []
+    conn.add_notice_handler(notices.append)
+    conn.execute("SELECT * FROM semsearch.keyword_search('notes_search', 'glacier report', 5, 'phrase')").fetchall()
+    conn.execute("SELECT * FROM semsearch.keyword_search('notes_search', 'the and of', 5, 'websearch')").fetchall()
+    assert notices == []
     with pytest.raises(ValueError, match="weights name column"):
         SearchIndex("title", weights={"body": 2.0}).options.check_weights(["title"])
 
