@@ -1,10 +1,10 @@
 """Worker throughput against the model's own speed.
 
 The same texts are embedded by SentenceTransformer.encode (batch 64) and by a running worker
-(batch 64: claim -> read -> chunk -> embed -> COPY into the store -> commit), round by round so
-machine noise hits both alike; the headline is the median of the per-round ratios. Texts are cut to
-fit the model's window, so both do the same model work (the worker would otherwise embed the
-overflow as extra chunks instead of truncating it).
+(batch 64: claim -> read -> index keywords -> chunk -> embed -> COPY into the store -> commit), round
+by round so machine noise hits both alike; the headline is the median of the per-round ratios. Texts
+are cut to the index's chunk size, so both do the same model work (the worker would otherwise embed
+the overflow as extra chunks instead of truncating it).
 
 The store starts with FILLER rows of realistic vectors (the texts' own embeddings plus small noise),
 so the worker inserts into an HNSW index of production size, not an empty one. Before each timed
@@ -56,14 +56,15 @@ def prefill(conn: psycopg.Connection, vectors: np.ndarray) -> None:
 
 def main() -> None:
     embedder = get_embedder()
-    texts = [chunks[0] for chunks in embedder.chunk([f"{t}\n\n{b}" for t, b in corpus(DOCS)], None, 0)]
+    options = IndexOptions(chunk_overlap=0)
+    texts = [chunks[0] for chunks in embedder.chunk([f"{t}\n\n{b}" for t, b in corpus(DOCS)], options.chunk_tokens, 0)]
     embedder.encode(texts[:BATCH], batch_size=BATCH)  # warm up
     with scratch_database() as url:
         install(create_engine(sqlalchemy_url(url)))
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
             with create_engine(sqlalchemy_url(url)).begin() as c:
-                IndexDefinition("docs_search", "docs", ["body"], options=IndexOptions(chunk_overlap=0)).create(c)
+                IndexDefinition("docs_search", "docs", ["body"], options=options).create(c)
             with conn.cursor().copy("COPY docs FROM STDIN") as copy:
                 for i, text in enumerate(texts):
                     copy.write_row((i, text))
