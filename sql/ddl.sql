@@ -343,8 +343,7 @@ BEGIN
          WHERE w.value IS DISTINCT FROM jsonb_build_object('ts_config', ix.ts_config::text, 'chunk_tokens', ix.chunk_tokens,
                    'chunk_overlap', ix.chunk_overlap, 'hnsw_m', ix.hnsw_m, 'hnsw_ef_construction', ix.hnsw_ef_construction,
                    'bm25_k1', ix.bm25_k1, 'bm25_b', ix.bm25_b) -> w.key;
-        IF semsearch.column_weights(ix) IS DISTINCT FROM coalesce(column_weights, array_fill(1::float8, ARRAY[cardinality(columns)]))
-           OR changes ? 'columns' THEN
+        IF ix.column_weights IS DISTINCT FROM column_weights OR changes ? 'columns' THEN
             changes := changes || jsonb_build_object('weights', coalesce(weights, '{}'));
         END IF;
         IF changes <> '{}' THEN
@@ -395,6 +394,8 @@ DECLARE
     old     semsearch.indexes;
     unknown text;
     col     text;
+    new_columns text[];
+    new_weights float8[];
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('semsearch.ddl'));
     old := semsearch.lookup_index(index_name);
@@ -415,17 +416,17 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
-    PERFORM semsearch.check_keyword_options(old.name,
-        CASE WHEN changes ? 'columns' THEN ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns')) ELSE old.columns END,
-        CASE WHEN changes ? 'weights' THEN semsearch.weights_array(old.name, CASE WHEN changes ? 'columns'
-                 THEN ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns')) ELSE old.columns END, changes -> 'weights')
-             WHEN changes ? 'columns' THEN NULL ELSE old.column_weights END,
+    new_columns := CASE WHEN changes ? 'columns' THEN ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns'))
+                        ELSE old.columns END;
+    -- New columns without new weights: every column weighs 1.
+    new_weights := CASE WHEN changes ? 'weights' THEN semsearch.weights_array(old.name, new_columns, changes -> 'weights')
+                        WHEN changes ? 'columns' THEN NULL ELSE old.column_weights END;
+    -- Checked before writing, for errors that say what to do (not the table's CHECK constraints).
+    PERFORM semsearch.check_keyword_options(old.name, new_columns, new_weights,
         coalesce((changes ->> 'bm25_k1')::float8, old.bm25_k1), coalesce((changes ->> 'bm25_b')::float8, old.bm25_b));
     UPDATE semsearch.indexes i SET
-        columns = CASE WHEN changes ? 'columns'
-                       THEN ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns'))::name[] ELSE i.columns END,
-        column_attnums = CASE WHEN changes ? 'columns'
-                              THEN semsearch.column_numbers(i.source, ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns')))
+        columns = new_columns::name[],
+        column_attnums = CASE WHEN changes ? 'columns' THEN semsearch.column_numbers(i.source, new_columns)
                               ELSE i.column_attnums END,
         ts_config = CASE WHEN changes ? 'ts_config' THEN (changes ->> 'ts_config')::regconfig ELSE i.ts_config END,
         chunk_tokens = CASE WHEN changes ? 'chunk_tokens' THEN (changes ->> 'chunk_tokens')::integer ELSE i.chunk_tokens END,
@@ -433,20 +434,16 @@ BEGIN
         hnsw_m = CASE WHEN changes ? 'hnsw_m' THEN (changes ->> 'hnsw_m')::integer ELSE i.hnsw_m END,
         hnsw_ef_construction = CASE WHEN changes ? 'hnsw_ef_construction'
                                     THEN (changes ->> 'hnsw_ef_construction')::integer ELSE i.hnsw_ef_construction END,
-        column_weights = CASE WHEN changes ? 'weights'
-                              THEN semsearch.weights_array(i.name, CASE WHEN changes ? 'columns'
-                                       THEN ARRAY(SELECT jsonb_array_elements_text(changes -> 'columns')) ELSE i.columns END,
-                                   changes -> 'weights')
-                              WHEN changes ? 'columns' THEN NULL ELSE i.column_weights END,
+        column_weights = new_weights,
         bm25_k1 = CASE WHEN changes ? 'bm25_k1' THEN (changes ->> 'bm25_k1')::float8 ELSE i.bm25_k1 END,
         bm25_b = CASE WHEN changes ? 'bm25_b' THEN (changes ->> 'bm25_b')::float8 ELSE i.bm25_b END
      WHERE i.id = old.id
     RETURNING * INTO ix;
-    PERFORM semsearch.check_keyword_options(ix.name, ix.columns, ix.column_weights, ix.bm25_k1, ix.bm25_b);
     IF ix.columns IS DISTINCT FROM old.columns THEN
         PERFORM semsearch.install_triggers(ix);
     END IF;
     IF (ix.bm25_k1, ix.bm25_b) IS DISTINCT FROM (old.bm25_k1, old.bm25_b) THEN
+        -- Impacts at the new k1 and b (refresh_keyword_stats recomputes them when bm25_avgdl is NULL).
         UPDATE semsearch.indexes i SET bm25_avgdl = NULL WHERE i.id = ix.id;
         PERFORM semsearch.refresh_keyword_stats(ix.id);
     END IF;
