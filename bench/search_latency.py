@@ -9,7 +9,8 @@ built once; the keyword tables are filled by semsearch.index_keywords, the funct
 
 Queries: SciFact train queries. Timings are medians of interleaved runs through psycopg without
 prepared statements (a prepared HNSW query gets a generic plan: 10x slower).
-Last lines:
+Besides the p50 of each kind, it prints what the ORM costs by itself (the same 10 rows loaded by primary
+key) and the ORM over its own statement sent as raw SQL. Last lines:
   orm_vs_raw          semantic top-10 through the ORM / the same top-10 by hand-written SQL on the store
   hybrid_vs_semantic  hybrid_search p50 / semantic_search p50 (top 10, defaults)
   bm25_vs_tsrank      keyword_search (BM25) p50 / an OR-query ts_rank over a GIN index p50
@@ -24,12 +25,13 @@ import random
 import re
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
-from sqlalchemy import Integer, Text, create_engine
+from sqlalchemy import Integer, Text, create_engine, inspect, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from common import SCIFACT, scratch_database
@@ -145,6 +147,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100, help="timed queries (train split)")
     parser.add_argument("--term-depths", type=lambda v: [int(x) for x in v.split(",")], default=[100, 300],
                         help="postings per query term to compare with the default, e.g. 100,300")
+    parser.add_argument("--database", help="use this database and keep it (the corpus is built only when its "
+                                           "table is missing), instead of a scratch one")
     args = parser.parse_args()
     if not SCIFACT.exists():
         raise SystemExit(f"needs the SciFact corpus at {SCIFACT}")
@@ -157,8 +161,9 @@ def main() -> None:
     query_vectors = dict(zip(qids, get_embedder(DEFAULT_MODEL).encode([queries[q] for q in qids])))
     timed_ids = qids[:args.queries]
 
-    with scratch_database() as url:
-        load_database(url, build_corpus(corpus_json, vectors, args.docs, random.Random(7)))
+    with (nullcontext(args.database) if args.database else scratch_database()) as url:
+        if not inspect(create_engine(sqlalchemy_url(url))).has_table(Doc.__tablename__):
+            load_database(url, build_corpus(corpus_json, vectors, args.docs, random.Random(7)))
         conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
         register_vector(conn)
         sizes(conn)
@@ -185,7 +190,20 @@ def main() -> None:
                     conn.execute(statement, [{"v": query_vectors[q], "q": queries[q]}[p] for p in params]).fetchall()
             return run
 
-        kinds = {"orm": orm, "raw": raw,
+        def orm_by_key(q):  # the ORM's own cost: the same 10 rows, found by primary key
+            with session.begin():
+                session.execute(select(Doc).where(Doc.id.in_(orm_keys[q]))).all()
+
+        def sql_function(q):  # the ORM's statement as a raw-SQL user writes it
+            with conn.transaction():
+                conn.execute("SELECT d.*, s.score FROM semsearch.semantic_search('docs_search', %s, 10) s "
+                             "JOIN docs d ON d.id = s.key::integer ORDER BY s.score DESC, d.id",
+                             (query_vectors[q],)).fetchall()
+
+        with Session(engine) as s:
+            orm_keys = {q: [d.id for d, _ in s.execute(Doc.search.semantic(vector=query_vectors[q], limit=10))]
+                        for q in timed_ids}
+        kinds = {"orm": orm, "raw": raw, "orm_by_key": orm_by_key, "sql_function": sql_function,
                  "semantic": sql("SELECT * FROM semsearch.semantic_search('docs_search', %s, 10)", "v"),
                  "hybrid": sql("SELECT * FROM semsearch.hybrid_search('docs_search', %s, %s, 10)", "q", "v"),
                  "bm25": sql("SELECT * FROM semsearch.keyword_search('docs_search', %s, 10)", "q"),
@@ -194,7 +212,7 @@ def main() -> None:
         # Each kind runs its queries in a block (its pages warm, as in an application that runs it
         # often: the structures do not all fit in shared_buffers), blocks in rotating order, 3 rounds.
         for rep in range(3):
-            order = list(kinds)[rep:] + list(kinds)[:rep]
+            order = list(kinds)[rep * 3:] + list(kinds)[:rep * 3]
             for kind in order:
                 for q in timed_ids[:10]:  # warm-up
                     kinds[kind](q)
@@ -205,6 +223,8 @@ def main() -> None:
         session.close()
         p50 = {k: statistics.median(v) for k, v in times.items()}
         print("p50 ms: " + ", ".join(f"{k} {v:.2f}" for k, v in p50.items()))
+        print(f"the ORM's own cost: {p50['orm_by_key']:.2f} ms to load the same 10 rows by primary key; the ORM "
+              f"÷ its statement run as raw SQL through psycopg: {p50['orm'] / p50['sql_function']:.3f}")
 
         # Accuracy: BM25 reading the best postings per term vs reading them all, on every train query.
         doc_id = {str(i + 1): d["_id"] for i, d in enumerate(corpus_json)}  # keys of the real abstracts

@@ -99,14 +99,15 @@ OPTION_NAMES = tuple(f.name for f in fields(IndexOptions))
 # Hybrid search: each arm's depth before fusion, and the fusion. Chosen on the SciFact train split
 # (bench/quality.py): min-max normalised scores with equal weights beat reciprocal rank fusion
 # (nDCG@10 0.742 against 0.734 at its best k); the semantic arm needs fewer candidates than the keyword arm.
-DEFAULT_SEMANTIC_CANDIDATES = 50
-DEFAULT_KEYWORD_CANDIDATES = 100
+DEFAULT_SEMANTIC_CANDIDATES = 30
+DEFAULT_KEYWORD_CANDIDATES = 30
 FUSIONS = ("rrf", "minmax", "zscore")  # see semsearch.hybrid_search in sql/search.sql
 DEFAULT_FUSION = "minmax"
 DEFAULT_RRF_K = 60
 DEFAULT_SEMANTIC_WEIGHT = 1.0
 DEFAULT_KEYWORD_WEIGHT = 1.0
 KEYWORD_TERM_DEPTH = 1000      # postings the keyword arm reads per query term, best impact first
+HYBRID_KEYWORD_TERM_DEPTH = 300  # ... in hybrid search, which also scores the semantic arm's candidates exactly
 EXACT_FILTER_KEYS = 500        # a filter with at most this many keys is scored row by row (no HNSW, no postings)
 MIN_EF_SEARCH = 100            # HNSW candidate list of the semantic arm, at least
 KEYWORD_SYNTAXES = ("or", "websearch", "phrase", "prefix")  # see semsearch.keyword_query in sql/search.sql
@@ -125,7 +126,8 @@ def sql_defaults() -> dict:
     return {**options, "semantic_candidates": DEFAULT_SEMANTIC_CANDIDATES,
             "keyword_candidates": DEFAULT_KEYWORD_CANDIDATES, "fusion": DEFAULT_FUSION, "rrf_k": DEFAULT_RRF_K,
             "semantic_weight": DEFAULT_SEMANTIC_WEIGHT, "keyword_weight": DEFAULT_KEYWORD_WEIGHT,
-            "keyword_term_depth": KEYWORD_TERM_DEPTH, "exact_filter_keys": EXACT_FILTER_KEYS,
+            "keyword_term_depth": KEYWORD_TERM_DEPTH,
+            "hybrid_keyword_term_depth": HYBRID_KEYWORD_TERM_DEPTH, "exact_filter_keys": EXACT_FILTER_KEYS,
             "min_ef_search": MIN_EF_SEARCH, "ddl_lock_timeout": DDL_LOCK_TIMEOUT,
             "max_results": MAX_RESULTS, "max_query_chars": MAX_QUERY_CHARS, "max_scan_tuples": MAX_SCAN_TUPLES,
             "scan_mem_multiplier": SCAN_MEM_MULTIPLIER,

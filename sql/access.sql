@@ -12,7 +12,7 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE SET search_path = pg_catalog, pg_
        AND p.proname = ANY (CASE kind
            WHEN 'app' THEN ARRAY['semantic_search', 'keyword_search', 'hybrid_search', 'explain', 'lookup_index',
                                  'or_query', 'distance_operator', 'vector_schema', 'check_query_vector', 'semantic_sql',
-                                 'keyword_sql', 'keyword_plan', 'semantic_arm', 'keyword_arm', 'fusion_value', 'keyword_table',
+                                 'keyword_sql', 'keyword_plan', 'semantic_arm', 'semantic_scores', 'keyword_arm', 'keyword_table',
                                  'bm25_sql', 'chunk_rows', 'cover_ef_search', 'check_search_args', 'keyword_query',
                                  'check_keyword_syntax']
            ELSE ARRAY['read_source', 'backfill_step', 'lock_for_batch', 'source_visibility_problem', 'refresh_index',

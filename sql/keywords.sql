@@ -53,6 +53,10 @@ BEGIN
     END IF;
     EXECUTE format('CREATE TABLE %s (key text PRIMARY KEY, length real NOT NULL, terms text[] NOT NULL, '
                    'tfs real[] NOT NULL, content_hash bytea NOT NULL, tsv tsvector NOT NULL)', semsearch.keyword_table(ix, 'docs'));
+    -- The term lists are read for every row a search scores: kept inline and uncompressed where they fit,
+    -- with the tsvector (read only by the exact syntaxes, through its index) moved out of line first.
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN terms SET STORAGE MAIN, ALTER COLUMN tfs SET STORAGE MAIN, '
+                   'ALTER COLUMN tsv SET STORAGE EXTERNAL', semsearch.keyword_table(ix, 'docs'));
     EXECUTE format('CREATE INDEX %I ON %s USING gin (tsv)', ix.store_table || '_docs_gin', semsearch.keyword_table(ix, 'docs'));
     -- No primary key: (key, term) is unique by construction, and the btree on key alone (for deletes and
     -- for scoring given rows) stores each key once (deduplication), a fraction of a (key, term) index.

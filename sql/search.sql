@@ -13,7 +13,10 @@ BEGIN
                  AND (p.proname = 'arm_sql'
                       OR (p.proname IN ('semantic_search', 'keyword_search', 'explain')
                           AND NOT p.proargnames && ARRAY['filter_keys'])
-                      OR (p.proname IN ('hybrid_search', 'check_search_args') AND NOT p.proargnames && ARRAY['fusion'])) LOOP
+                      OR (p.proname IN ('hybrid_search', 'check_search_args') AND NOT p.proargnames && ARRAY['fusion'])
+                      OR p.proname = 'fusion_value'
+                      OR (p.proname = 'keyword_arm' AND NOT p.proargnames && ARRAY['rescored'])
+                      OR (p.proname = 'keyword_sql' AND NOT p.proargnames && ARRAY['scoring'])) LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;
 END $$;
@@ -144,14 +147,16 @@ END $$;
 -- syntax 'or' (natural language: any query term may match): plan 'top' reads each term's postings in
 -- impact order, $4 for the rarest term and fewer for commoner ones (in proportion to their IDF: a
 -- common term adds little to any score, and its contribution is added back exactly below), and ranks
--- the documents found by the sum of those postings; the best
--- 2 x $2 (at least 100) are then scored exactly from their own term lists, so a document's score never
--- misses a term it has. plan 'all' reads every posting of the query's terms (exhaustive; with a filter,
--- only the filter's rows); plan 'keys' scores the filter's rows from their term lists (for a short
--- list, {{exact_filter_keys}} keys at most, that is cheaper than reading the terms' postings). The exact syntaxes (websearch, phrase, prefix) match rows through the GIN
--- index and score them the same way.
+-- the documents found by the sum of their impacts (IDF x the stored BM25 term score); the best $6
+-- are then scored exactly from their own term lists and the current statistics,
+-- so a document's score never misses a term it has. plan 'all' reads every posting of the query's
+-- terms (exhaustive; with a filter, only the filter's rows); plan 'keys' scores the filter's rows from
+-- their term lists (for a short list, {{exact_filter_keys}} keys at most, that is cheaper than reading
+-- the terms' postings). The exact syntaxes (websearch, phrase, prefix) match rows through the GIN
+-- index and score them the same way. scoring: also score the rows of $5 (hybrid search's semantic
+-- candidates) and return them with the best $2, whatever their rank.
 CREATE OR REPLACE FUNCTION semsearch.keyword_sql(ix semsearch.indexes, syntax text DEFAULT 'or',
-    plan text DEFAULT 'top', filtered boolean DEFAULT false)
+    plan text DEFAULT 'top', filtered boolean DEFAULT false, scoring boolean DEFAULT false)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     docs   text := semsearch.keyword_table(ix, 'docs');
@@ -163,21 +168,23 @@ DECLARE
     df     text := format('CROSS JOIN LATERAL (SELECT sum(t.df)::float8 AS df FROM %s t WHERE t.term = %%s) d WHERE d.df > 0',
                           semsearch.keyword_table(ix, 'terms'));
     -- Exact scores of the rows in `rows` (a CTE of keys) from their term lists.
+    -- (unnest in the select list runs as a ProjectSet, several times faster than unnest(a, b) in FROM.)
     rescore text := format(
-        'hits AS (SELECT r.key, w.idf * %s AS s FROM rows r JOIN %s dd ON dd.key = r.key '
-        '         CROSS JOIN LATERAL unnest(dd.terms, dd.tfs) u(term, tf) JOIN w ON w.term = u.term CROSS JOIN st) ',
-        semsearch.bm25_sql(ix, 'u.tf', 'dd.length', 'st.avgdl'), docs);
+        'hits AS (SELECT u.key, w.idf * %s AS s FROM (SELECT dd.key, dd.length, unnest(dd.terms) AS term, '
+        '         unnest(dd.tfs) AS tf FROM rows r JOIN %s dd ON dd.key = r.key) u JOIN w ON w.term = u.term CROSS JOIN st) ',
+        semsearch.bm25_sql(ix, 'u.tf', 'u.length', 'st.avgdl'), docs);
     body   text;
 BEGIN
     IF syntax = 'or' THEN
         body := format('w AS (SELECT q.term, %s AS idf FROM q CROSS JOIN st %s), ', idf, format(df, 'q.term'));
         IF plan = 'top' THEN
             body := body || format(
-                'found AS (SELECT p.key, w.idf * %s AS s FROM w CROSS JOIN st CROSS JOIN LATERAL '
-                '          (SELECT p.key, p.tf, p.dl FROM %s p WHERE p.term = w.term ORDER BY p.impact DESC '
+                'found AS (SELECT p.key, w.idf * p.impact AS s FROM w CROSS JOIN LATERAL '
+                '          (SELECT p.key, p.impact FROM %s p WHERE p.term = w.term ORDER BY p.impact DESC '
                 '           LIMIT greatest($2, ($4 * w.idf / (SELECT max(idf) FROM w))::integer)) p), '
-                'rows AS (SELECT key FROM found GROUP BY key ORDER BY sum(s) DESC, key LIMIT greatest(2 * $2, 100)), ',
-                semsearch.bm25_sql(ix, 'p.tf', 'p.dl', 'st.avgdl'), semsearch.keyword_table(ix, 'postings')) || rescore;
+                'rows AS (SELECT key FROM (SELECT key FROM found GROUP BY key ORDER BY sum(s) DESC, key LIMIT $6) t %s), ',
+                semsearch.keyword_table(ix, 'postings'),
+                CASE WHEN scoring THEN 'UNION SELECT unnest($5)' ELSE '' END) || rescore;
         ELSIF plan = 'keys' THEN  -- a short filter list: its rows, scored from their term lists
             body := body || 'rows AS (SELECT DISTINCT unnest($3) AS key), ' || rescore;
         ELSE
@@ -197,6 +204,11 @@ BEGIN
             CASE WHEN syntax = 'prefix' THEN 'EXISTS (SELECT 1 FROM q WHERE starts_with(u.term, q.term))'
                  ELSE 'u.term IN (SELECT term FROM q)' END,
             format(df, 'u.term')) || rescore;
+    END IF;
+    IF scoring THEN  -- the best $2, and the rows of $5 that match at all, each with its rank
+        RETURN 'WITH ' || common || body ||
+               'SELECT * FROM (SELECT key, sum(s)::float8 AS score, row_number() OVER (ORDER BY sum(s) DESC, key)::integer '
+               'AS rank FROM hits GROUP BY key) r WHERE r.rank <= $2 OR r.key = ANY($5)';
     END IF;
     RETURN 'WITH ' || common || body ||
            'SELECT key, sum(s)::float8 AS score, row_number() OVER (ORDER BY sum(s) DESC, key)::integer AS rank '
@@ -242,6 +254,14 @@ BEGIN
         USING query_embedding, n, filter_keys;
 END $$;
 
+-- Exact scores of given rows (hybrid search's keyword candidates): the query embedding is checked
+-- by the caller, and no index is needed for a key list.
+CREATE OR REPLACE FUNCTION semsearch.semantic_scores(ix semsearch.indexes, query_embedding vector, keys text[])
+RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY EXECUTE semsearch.semantic_sql(ix, true, true) USING query_embedding, cardinality(keys), keys;
+END $$;
+
 CREATE OR REPLACE FUNCTION semsearch.keyword_plan(syntax text, filter_keys text[])
 RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN syntax <> 'or' THEN 'all' WHEN filter_keys IS NULL THEN 'top'
@@ -250,13 +270,19 @@ $$;
 
 -- Under row-level security the postings' policy filters inside each term's scan, before its LIMIT: a
 -- tenant's scan reads past other tenants' postings until it has `depth` of its own.
+-- depth: postings read for the rarest query term (plan 'top'); rescored: rows scored exactly. The
+-- defaults keep keyword_search within 0.005 nDCG@10 of reading every posting at 100k rows (bench/
+-- search_latency.py); hybrid search, which also scores the semantic arm's candidates exactly, reads less.
 CREATE OR REPLACE FUNCTION semsearch.keyword_arm(ix semsearch.indexes, query_text text, n integer,
-    syntax text DEFAULT 'or', filter_keys text[] DEFAULT NULL)
+    syntax text DEFAULT 'or', filter_keys text[] DEFAULT NULL, score_keys text[] DEFAULT NULL,
+    depth integer DEFAULT NULL, rescored integer DEFAULT NULL)
 RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM semsearch.check_keyword_syntax(syntax);
-    RETURN QUERY EXECUTE semsearch.keyword_sql(ix, syntax, semsearch.keyword_plan(syntax, filter_keys), filter_keys IS NOT NULL)
-        USING query_text, n, filter_keys, greatest(n, {{keyword_term_depth}});
+    RETURN QUERY EXECUTE semsearch.keyword_sql(ix, syntax, semsearch.keyword_plan(syntax, filter_keys), filter_keys IS NOT NULL,
+                                               score_keys IS NOT NULL)
+        USING query_text, n, filter_keys, greatest(n, coalesce(depth, {{keyword_term_depth}})), score_keys,
+              CASE WHEN rescored IS NULL THEN greatest(2 * n, 100) ELSE greatest(n, rescored) END;
 END $$;
 
 CREATE OR REPLACE FUNCTION semsearch.semantic_search(
@@ -276,22 +302,16 @@ BEGIN
     RETURN QUERY SELECT * FROM semsearch.keyword_arm(semsearch.lookup_index(index_name), query_text, match_count, syntax, filter_keys);
 END $$;
 
--- One arm's contribution to a fused score, before its weight (see hybrid_search).
-CREATE OR REPLACE FUNCTION semsearch.fusion_value(fusion text, rrf_k integer, rank integer, score float8,
-    lowest float8, highest float8, mean float8, deviation float8)
-RETURNS float8 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE fusion
-        WHEN 'rrf' THEN 1.0 / (rrf_k + rank)
-        WHEN 'minmax' THEN coalesce((score - lowest) / nullif(highest - lowest, 0), 1)
-        ELSE coalesce((score - mean) / nullif(deviation, 0), 0) END
-$$;
-
--- Hybrid search: both arms (semantic_candidates and keyword_candidates deep, or both `candidates`), fused:
---   rrf     score = sum over arms of weight / (rrf_k + rank)
---   minmax  score = sum over arms of weight * (score - min) / (max - min), over that arm's candidates
---   zscore  score = sum over arms of weight * (score - mean) / standard deviation
--- A row one arm did not find gets that arm's lowest value (0 for rrf and minmax). Each row also
--- carries each arm's rank and score (NULL where that arm did not find it), to tune weights with.
+-- Hybrid search: both arms (semantic_candidates and keyword_candidates deep, or both `candidates`), fused.
+-- For the score fusions each arm also scores the other arm's candidates (exact distances for the
+-- keyword arm's, BM25 from their term lists for the semantic arm's), so every candidate is fused on
+-- both of its scores and shallow arms lose nothing:
+--   minmax  score = sum over arms of weight * (score - min) / (max - min), over all candidates
+--   zscore  score = sum over arms of weight * (score - mean) / standard deviation, over all candidates
+--   rrf     score = sum over arms of weight / (rrf_k + rank), each arm's own candidates only
+-- A candidate without a matching term has keyword score 0; one not embedded yet has no semantic score
+-- and gets that arm's lowest value (0 for rrf and minmax). Each row also carries each arm's rank among
+-- that arm's own candidates (NULL where it was not one) and its score, to tune weights with.
 CREATE OR REPLACE FUNCTION semsearch.hybrid_search(
     index_name text, query_text text, query_embedding vector, match_count integer DEFAULT 10,
     candidates integer DEFAULT NULL, rrf_k integer DEFAULT {{rrf_k}},
@@ -305,21 +325,46 @@ DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
     ns integer := greatest(coalesce(semantic_candidates, candidates, {{semantic_candidates}}), match_count);
     nk integer := greatest(coalesce(keyword_candidates, candidates, {{keyword_candidates}}), match_count);
+    cross_score boolean := fusion <> 'rrf';
 BEGIN
     PERFORM semsearch.check_search_args(match_count, candidates, rrf_k, semantic_weight, keyword_weight, fusion,
                                         semantic_candidates, keyword_candidates);
     RETURN QUERY
-    WITH s AS (SELECT a.key, a.score, a.rank FROM semsearch.semantic_arm(ix, query_embedding, ns, filter_keys) a),
-         k AS (SELECT a.key, a.score, a.rank FROM semsearch.keyword_arm(ix, query_text, nk, keyword_syntax, filter_keys) a),
-         sf AS (SELECT s.key, s.score, s.rank, semsearch.fusion_value(fusion, rrf_k, s.rank, s.score,
-                       min(s.score) OVER (), max(s.score) OVER (), avg(s.score) OVER (), stddev_pop(s.score) OVER ()) AS f FROM s),
-         kf AS (SELECT k.key, k.score, k.rank, semsearch.fusion_value(fusion, rrf_k, k.rank, k.score,
-                       min(k.score) OVER (), max(k.score) OVER (), avg(k.score) OVER (), stddev_pop(k.score) OVER ()) AS f FROM k)
-    SELECT coalesce(sf.key, kf.key),
-           (semantic_weight * coalesce(sf.f, CASE WHEN fusion = 'zscore' THEN (SELECT min(f) FROM sf) ELSE 0 END)
-            + keyword_weight * coalesce(kf.f, CASE WHEN fusion = 'zscore' THEN (SELECT min(f) FROM kf) ELSE 0 END))::float8,
-           sf.rank, kf.rank, sf.score, kf.score
-      FROM sf FULL JOIN kf ON sf.key = kf.key
+    WITH s AS MATERIALIZED (SELECT a.key, a.score, a.rank FROM semsearch.semantic_arm(ix, query_embedding, ns, filter_keys) a),
+         k AS MATERIALIZED (SELECT a.key, a.score, CASE WHEN a.rank <= nk THEN a.rank END AS rank
+                              FROM semsearch.keyword_arm(ix, query_text, nk, keyword_syntax, filter_keys,
+                                                         CASE WHEN cross_score THEN ARRAY(SELECT s.key FROM s) END,
+                                                         {{hybrid_keyword_term_depth}}, 2 * nk) a),
+         -- exact distances of the keyword arm's candidates the semantic arm did not find
+         missing AS (SELECT ARRAY(SELECT k.key FROM k WHERE k.rank IS NOT NULL AND k.key NOT IN (SELECT s.key FROM s)) AS keys),
+         s2 AS MATERIALIZED (SELECT a.key, a.score FROM missing m,
+                                    LATERAL semsearch.semantic_scores(ix, query_embedding, m.keys) a
+                              WHERE cross_score AND cardinality(m.keys) > 0),
+         c AS (SELECT u.key, max(u.srank) AS srank, max(u.sscore) AS sscore, max(u.krank) AS krank,
+                      CASE WHEN cross_score THEN coalesce(max(u.kscore), 0) ELSE max(u.kscore) END AS kscore
+                 FROM (SELECT s.key, s.rank AS srank, s.score AS sscore, NULL::integer AS krank, NULL::float8 AS kscore FROM s
+                       UNION ALL SELECT s2.key, NULL, s2.score, NULL, NULL FROM s2
+                       UNION ALL SELECT k.key, NULL, NULL, k.rank, k.score FROM k
+                        WHERE k.rank IS NOT NULL OR k.key IN (SELECT s.key FROM s)) u
+                GROUP BY u.key),
+         -- each arm's value (NULL where it has no rank for rrf, or no score), written out for both arms
+         f AS (SELECT c.*,
+                      CASE WHEN fusion = 'rrf' THEN 1.0 / (rrf_k + c.srank) WHEN c.sscore IS NULL THEN NULL
+                           WHEN fusion = 'minmax' THEN coalesce((c.sscore - min(c.sscore) OVER ())
+                                                                / nullif(max(c.sscore) OVER () - min(c.sscore) OVER (), 0), 1)
+                           ELSE coalesce((c.sscore - avg(c.sscore) OVER ()) / nullif(stddev_pop(c.sscore) OVER (), 0), 0)
+                      END AS sf,
+                      CASE WHEN fusion = 'rrf' THEN 1.0 / (rrf_k + c.krank) WHEN c.kscore IS NULL THEN NULL
+                           WHEN fusion = 'minmax' THEN coalesce((c.kscore - min(c.kscore) OVER ())
+                                                                / nullif(max(c.kscore) OVER () - min(c.kscore) OVER (), 0), 1)
+                           ELSE coalesce((c.kscore - avg(c.kscore) OVER ()) / nullif(stddev_pop(c.kscore) OVER (), 0), 0)
+                      END AS kf
+                 FROM c)
+    SELECT f.key,
+           (semantic_weight * coalesce(f.sf, CASE WHEN fusion = 'zscore' THEN (SELECT min(sf) FROM f) ELSE 0 END)
+            + keyword_weight * coalesce(f.kf, CASE WHEN fusion = 'zscore' THEN (SELECT min(kf) FROM f) ELSE 0 END))::float8,
+           f.srank, f.krank, f.sscore, f.kscore
+      FROM f
      ORDER BY 2 DESC, 1 LIMIT match_count;
 END $$;
 
@@ -342,7 +387,8 @@ BEGIN
         PERFORM semsearch.check_keyword_syntax(syntax);
         RETURN QUERY EXECUTE 'EXPLAIN ' || semsearch.keyword_sql(ix, syntax, semsearch.keyword_plan(syntax, filter_keys),
                                                                  filter_keys IS NOT NULL)
-            USING query_text, candidates, filter_keys, greatest(candidates, {{keyword_term_depth}});
+            USING query_text, candidates, filter_keys, greatest(candidates, {{keyword_term_depth}}), NULL::text[],
+                  greatest(2 * candidates, 100);
     ELSE
         RAISE EXCEPTION 'unknown search arm "%"', arm USING HINT = 'Use semantic or keyword.';
     END IF;

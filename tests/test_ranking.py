@@ -1,6 +1,7 @@
 """The keyword arm's BM25, its freshness apart from the model, filters inside the arms, fusion, and the
 plans each arm runs."""
 import math
+import statistics
 from collections import Counter
 from datetime import date
 
@@ -213,9 +214,32 @@ def test_fusion_methods_and_depths(notes, conn):
                     expected = sum(w / (60 + rank) for w, rank in ((0.3, r.semantic_rank), (0.7, r.keyword_rank)) if rank)
                     assert r.score == pytest.approx(expected)
             elif fusion == "minmax":
-                assert max(r.score for r in rows) <= 1.0 + 1e-9 and min(sem) >= 0 and min(kw) > 0
+                assert max(r.score for r in rows) <= 1.0 + 1e-9 and min(kw) >= 0
             scores = [r.score for r in rows]
             assert scores == sorted(scores, reverse=True)
+    # The score fusions score every candidate by both arms: rebuilt here from the arms' own functions (each
+    # arm's 20 best, then each arm's scores of all of them), the fused scores must match.
+    v = str(vector)
+    top = lambda sql, *a: [k for k, *_ in conn.execute(sql, a)]  # noqa: E731
+    union = sorted(set(top("SELECT * FROM semsearch.semantic_search('notes_search', %s::vector, 20)", v))
+                   | set(top("SELECT * FROM semsearch.keyword_search('notes_search', 'glacier erosion', 20)")))
+    sem = dict((k, x) for k, x, _ in conn.execute(
+        "SELECT * FROM semsearch.semantic_search('notes_search', %s::vector, 40, filter_keys => %s)", (v, union)))
+    kw = {k: 0.0 for k in union} | dict((k, x) for k, x, _ in conn.execute(
+        "SELECT * FROM semsearch.keyword_search('notes_search', 'glacier erosion', 40, filter_keys => %s)", (union,)))
+    assert sem.keys() == set(union) and 0 in kw.values()
+    for fusion, normalise in (("minmax", lambda x, v: (x - min(v)) / (max(v) - min(v))),
+                              ("zscore", lambda x, v: (x - statistics.fmean(v)) / statistics.pstdev(v))):
+        rows = conn.execute("SELECT * FROM semsearch.hybrid_search('notes_search', 'glacier erosion', %s::vector, 20, "
+                            "candidates => 20, semantic_weight => 0.3, keyword_weight => 0.7, fusion => %s)",
+                            (v, fusion)).fetchall()
+        expected = {k: 0.3 * normalise(sem[k], list(sem.values())) + 0.7 * normalise(kw[k], list(kw.values()))
+                    for k in union}
+        assert [r[1] for r in rows] == pytest.approx(sorted(expected.values(), reverse=True)[:20]), fusion
+        for key, score, semantic_rank, keyword_rank, semantic_score, keyword_score in rows:
+            assert score == pytest.approx(expected[key])
+            assert semantic_score == pytest.approx(sem[key]) and keyword_score == pytest.approx(kw[key])
+    with Session(notes) as s:
         rows = s.execute(Note.search.hybrid("glacier", vector=vector, limit=5, semantic_candidates=5,
                                             keyword_candidates=5, arm_scores=True)).all()
         assert all((r.semantic_rank or 0) <= 5 and (r.keyword_rank or 0) <= 5 for r in rows)
