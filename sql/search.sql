@@ -173,6 +173,9 @@ DECLARE
         'hits AS (SELECT u.key, w.idf * %s AS s FROM (SELECT dd.key, dd.length, unnest(dd.terms) AS term, '
         '         unnest(dd.tfs) AS tf FROM rows r JOIN %s dd ON dd.key = r.key) u JOIN w ON w.term = u.term CROSS JOIN st) ',
         semsearch.bm25_sql(ix, 'u.tf', 'u.length', 'st.avgdl'), docs);
+    -- A row's score, to 9 decimals: the sum's last bits depend on the order its terms were added in, and
+    -- rows with the same terms must tie exactly (then rank by key) rather than by rounding noise.
+    score  text := '(round(sum(s) * 1e9) / 1e9)::float8';
     body   text;
 BEGIN
     IF syntax = 'or' THEN
@@ -207,12 +210,12 @@ BEGIN
     END IF;
     IF scoring THEN  -- the best $2, and the rows of $5 that match at all, each with its rank
         RETURN 'WITH ' || common || body ||
-               'SELECT * FROM (SELECT key, sum(s)::float8 AS score, row_number() OVER (ORDER BY sum(s) DESC, key)::integer '
+               'SELECT * FROM (SELECT key, ' || score || ' AS score, row_number() OVER (ORDER BY ' || score || ' DESC, key)::integer '
                'AS rank FROM hits GROUP BY key) r WHERE r.rank <= $2 OR r.key = ANY($5)';
     END IF;
     RETURN 'WITH ' || common || body ||
-           'SELECT key, sum(s)::float8 AS score, row_number() OVER (ORDER BY sum(s) DESC, key)::integer AS rank '
-           'FROM hits GROUP BY key ORDER BY sum(s) DESC, key LIMIT $2';
+           'SELECT key, ' || score || ' AS score, row_number() OVER (ORDER BY ' || score || ' DESC, key)::integer AS rank '
+           'FROM hits GROUP BY key ORDER BY ' || score || ' DESC, key LIMIT $2';
 END $$;
 
 -- Chunk rows the semantic arm reads to find `candidates` distinct documents.
@@ -347,19 +350,28 @@ BEGIN
                        UNION ALL SELECT k.key, NULL, NULL, k.rank, k.score FROM k
                         WHERE k.rank IS NOT NULL OR k.key IN (SELECT s.key FROM s)) u
                 GROUP BY u.key),
-         -- each arm's value (NULL where it has no rank for rrf, or no score), written out for both arms
-         f AS (SELECT c.*,
-                      CASE WHEN fusion = 'rrf' THEN 1.0 / (rrf_k + c.srank) WHEN c.sscore IS NULL THEN NULL
-                           WHEN fusion = 'minmax' THEN coalesce((c.sscore - min(c.sscore) OVER ())
-                                                                / nullif(max(c.sscore) OVER () - min(c.sscore) OVER (), 0), 1)
-                           ELSE coalesce((c.sscore - avg(c.sscore) OVER ()) / nullif(stddev_pop(c.sscore) OVER (), 0), 0)
+         -- each arm's spread over the candidates
+         a AS (SELECT c.*, min(c.sscore) OVER () AS smin, max(c.sscore) OVER () AS smax, avg(c.sscore) OVER () AS savg,
+                      stddev_pop(c.sscore) OVER () AS ssd, min(c.kscore) OVER () AS kmin, max(c.kscore) OVER () AS kmax,
+                      avg(c.kscore) OVER () AS kavg, stddev_pop(c.kscore) OVER () AS ksd
+                 FROM c),
+         -- each arm's value (NULL where it has no rank for rrf, or no score), written out for both arms. A
+         -- tied arm (scores equal up to {{tied_scores}} of their size) ranks nobody: min-max gives every row
+         -- 1 (a keyword arm tied at 0, no query word anywhere, gives 0), z-score 0.
+         f AS (SELECT a.key, a.srank, a.sscore, a.krank, a.kscore,
+                      CASE WHEN fusion = 'rrf' THEN 1.0 / (rrf_k + a.srank) WHEN a.sscore IS NULL THEN NULL
+                           WHEN a.smax - a.smin <= {{tied_scores}} * greatest(abs(a.smax), abs(a.smin)) THEN
+                                CASE WHEN fusion = 'minmax' THEN 1 ELSE 0 END
+                           WHEN fusion = 'minmax' THEN (a.sscore - a.smin) / (a.smax - a.smin)
+                           ELSE (a.sscore - a.savg) / a.ssd
                       END AS sf,
-                      CASE WHEN fusion = 'rrf' THEN 1.0 / (rrf_k + c.krank) WHEN c.kscore IS NULL THEN NULL
-                           WHEN fusion = 'minmax' THEN coalesce((c.kscore - min(c.kscore) OVER ())
-                                                                / nullif(max(c.kscore) OVER () - min(c.kscore) OVER (), 0), 1)
-                           ELSE coalesce((c.kscore - avg(c.kscore) OVER ()) / nullif(stddev_pop(c.kscore) OVER (), 0), 0)
+                      CASE WHEN fusion = 'rrf' THEN 1.0 / (rrf_k + a.krank) WHEN a.kscore IS NULL THEN NULL
+                           WHEN a.kmax - a.kmin <= {{tied_scores}} * greatest(abs(a.kmax), abs(a.kmin)) THEN
+                                CASE WHEN fusion = 'minmax' AND a.kmax > 0 THEN 1 ELSE 0 END
+                           WHEN fusion = 'minmax' THEN (a.kscore - a.kmin) / (a.kmax - a.kmin)
+                           ELSE (a.kscore - a.kavg) / a.ksd
                       END AS kf
-                 FROM c)
+                 FROM a)
     SELECT f.key,
            (semantic_weight * coalesce(f.sf, CASE WHEN fusion = 'zscore' THEN (SELECT min(sf) FROM f) ELSE 0 END)
             + keyword_weight * coalesce(f.kf, CASE WHEN fusion = 'zscore' THEN (SELECT min(kf) FROM f) ELSE 0 END))::float8,

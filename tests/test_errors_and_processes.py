@@ -189,3 +189,34 @@ def test_an_index_the_worker_cannot_serve_does_not_stop_the_others(engine, db_ur
     assert queue_keys(conn) == ["1", "1"]  # the unusable indexes' work waits
     out = subprocess.run(CLI + ["status", "--url", db_url], capture_output=True, text=True, timeout=60)
     assert "indexes the workers cannot serve" in out.stdout and "notes_missing: cannot load" in out.stdout, out.stdout
+
+
+def test_server_keeps_the_embedded_database_up_for_psql(tmp_path):
+    """`semsearch server` holds the embedded server up while other processes come and go, prints a psql
+    command that works, and stops it on SIGTERM."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SEMSEARCH_DATABASE_URL", "DATABASE_URL")}
+    env["SEMSEARCH_DATA_DIR"] = str(tmp_path / "pgdata")
+    server = subprocess.Popen(CLI + ["server"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not lines or not lines[-1].startswith("connect with:"):
+            line = server.stdout.readline()
+            assert line, f"semsearch server exited early: {lines}"
+            lines.append(line.strip())
+        psql, url = lines[-1].removeprefix("connect with: ").split(" '")
+        url = url.rstrip("'")
+        assert subprocess.run(CLI + ["install"], env=env, capture_output=True, timeout=300).returncode == 0
+        out = subprocess.run([psql, url, "-XAtc", "SELECT max(version) FROM semsearch.schema_version"], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+        gone = subprocess.run([psql, url, "-XAtc", "SELECT 1"], capture_output=True, text=True, timeout=60)
+        assert gone.returncode != 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    configured = subprocess.run(CLI + ["server"], capture_output=True, text=True, timeout=60,
+                                env={**env, "SEMSEARCH_DATABASE_URL": "postgresql://app@db/app"})
+    assert configured.returncode == 2 and "runs only the embedded one" in configured.stderr

@@ -250,6 +250,53 @@ def test_fusion_methods_and_depths(notes, conn):
                      (str(vector),))
 
 
+class TicketsBase(DeclarativeBase):
+    pass
+
+
+class Ticket(TicketsBase):
+    """The README's ranking example: 100 tickets per topic, alike but for their number."""
+    __tablename__ = "tickets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject: Mapped[str]
+    body: Mapped[str]
+    search = SearchIndex("subject", "body", weights={"subject": 2.0})
+
+
+TOPICS = [("Printer jam", "The office printer jams on double-sided pages."),
+          ("VPN drops", "The VPN connection drops every hour when working from home."),
+          ("Password reset", "I cannot reset my password: the email never arrives."),
+          ("Laptop battery", "My laptop battery drains in two hours.")]
+
+
+def test_fusion_of_tied_rows(db_url, conn):
+    """Rows whose keyword scores are equal in exact arithmetic tie exactly (summing in another order
+    changes a score's last bits), and a tied arm ranks nobody: min-max and z-score then follow the
+    other arm, whatever the limit. Real model: its scores are what the ties sit beside."""
+    engine = create_engine(sqlalchemy_url(db_url))
+    TicketsBase.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all(Ticket(id=i, subject=f"{TOPICS[i % 4][0]} #{i}", body=TOPICS[i % 4][1]) for i in range(1, 401))
+        s.commit()
+    drain(db_url)
+    query = "my password reset email"
+    with Session(engine) as s:
+        keyword = s.execute(Ticket.search.keyword(query, limit=100)).all()
+        assert {t.id % 4 for t, _ in keyword} == {2} and len({score for _, score in keyword}) == 1
+        assert [t.id for t, _ in keyword] == sorted(t.id for t, _ in keyword)  # ties in primary key order
+        semantic = [t.id for t, _ in s.execute(Ticket.search.semantic(query, limit=60))]
+        assert {i % 4 for i in semantic} == {2}
+        for fusion in ("minmax", "zscore"):
+            for limit in (8, 40, 60):
+                rows = s.execute(Ticket.search.hybrid(query, limit=limit, fusion=fusion, arm_scores=True)).all()
+                assert [r.Ticket.id for r in rows] == semantic[:limit], (fusion, limit)
+                assert len({r.keyword_score for r in rows}) == 1
+        # No query word anywhere: the keyword arm is tied at 0 and adds nothing.
+        rows = s.execute(Ticket.search.hybrid("zzyzx quokka", limit=5, arm_scores=True)).all()
+        assert [r.keyword_score for r in rows] == [0] * 5 and max(r.score for r in rows) == 1
+    engine.dispose()
+
+
 def test_explain_each_arm_with_and_without_filters(engine, conn):
     """The plans users run, on 20,000 rows: HNSW for the semantic arm and the postings' impact index for
     the keyword arm, with and without a filter; the GIN index for the exact syntaxes."""
