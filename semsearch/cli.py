@@ -71,10 +71,17 @@ def cmd_worker(args) -> None:
     run_worker(worker, drain=args.drain, show_progress=args.drain)
 
 
+def _progress(total: int, label: str):
+    """A tqdm bar on stderr: redrawn on a terminal, a plain line every 5 s in a log."""
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, desc=label, unit="rows", file=sys.stderr, ascii=not tty, mininterval=0.1 if tty else 5)
+
+
 def run_worker(worker, drain: bool, show_progress: bool) -> None:
     """Run until SIGTERM/SIGINT (or drained), with a progress bar when draining."""
     from .database import connect
-    from .progress import Progress
     from .schema import require_installed
 
     def stop(signum, frame):
@@ -83,20 +90,31 @@ def run_worker(worker, drain: bool, show_progress: bool) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    progress = None
+    bar = None
     if show_progress:
         with connect(worker.url) as conn:
             require_installed(conn)
             total = conn.execute("SELECT count(DISTINCT (q.index_id, k)) FROM semsearch.queue q, unnest(q.keys) k"
                                  ).fetchone()[0]
-        progress = Progress(total, "embedding")
-        worker.on_progress = progress.advance
-        worker.on_queued = progress.grow  # rows a backfill queues while we run
+        bar = _progress(total, "processing")  # rows settled: embedded, keyword-indexed, removed or failed
+        lock = threading.Lock()  # lanes report from their own threads
+
+        def settled(n: int) -> None:
+            with lock:
+                bar.update(n)
+
+        def queued(n: int) -> None:  # rows a backfill queues while we run: the total stays true
+            with lock:
+                bar.total += n
+                bar.refresh()
+
+        worker.on_progress = settled
+        worker.on_queued = queued
     try:
         worker.run(drain=drain)
     finally:
-        if progress:
-            progress.close()
+        if bar is not None:
+            bar.close()
 
 
 def cmd_status(args) -> None:
@@ -166,17 +184,14 @@ def cmd_search(args) -> None:
 
 def cmd_backfill(args) -> None:
     from .backfill import backfill_all, filtered_keys, queue_keys, table_rows
-    from .progress import Progress
 
     with _connect_installed(args) as conn:
-        if args.where is not None:
-            keys = filtered_keys(conn, args.index, args.where)
-            progress = Progress(len(keys), f"queueing {args.index}")
-            queued = queue_keys(conn, args.index, keys, args.step, progress.advance)
-        else:
-            progress = Progress(table_rows(conn, args.index), f"queueing {args.index}")
-            queued = backfill_all(conn, args.index, args.step, progress.advance)
-        progress.close()
+        keys = filtered_keys(conn, args.index, args.where) if args.where is not None else None
+        with _progress(len(keys) if keys is not None else table_rows(conn, args.index), f"queueing {args.index}") as bar:
+            if keys is not None:
+                queued = queue_keys(conn, args.index, keys, args.step, bar.update)
+            else:
+                queued = backfill_all(conn, args.index, args.step, bar.update)
     print(f"queued {queued} row(s) of index {args.index}; the worker embeds those whose text changed")
 
 

@@ -62,7 +62,7 @@ def test_cli_install_and_help(db_url):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "version 0002" in out.stdout
-    for command in ("install", "worker", "status", "search", "demo", "backfill", "retry-failed"):
+    for command in ("install", "worker", "status", "search", "demo", "backfill", "retry-failed", "server"):
         out = subprocess.run([sys.executable, "-m", "semsearch.cli", command, "--help"],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "usage: semsearch" in out.stdout, command
