@@ -72,7 +72,7 @@ def cmd_worker(args) -> None:
 
 
 def _progress(total: int, label: str):
-    """A tqdm bar on stderr: redrawn on a terminal, a plain line every 5 s in a log."""
+    """A tqdm bar on stderr: redrawn as it moves on a terminal, every 5 s off one."""
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
