@@ -169,8 +169,11 @@ def main() -> None:
         register_vector(conn)
         sizes(conn)
         engine = create_engine(sqlalchemy_url(url), connect_args={"prepare_threshold": None})
+        # The same chunk rows as semsearch reads for 10 documents (semsearch.chunk_rows: one per document
+        # here, and a fifth more).
+        chunk_rows = conn.execute("SELECT semsearch.chunk_rows(semsearch.lookup_index('docs_search'), 10)").fetchone()[0]
         raw_sql = ("SELECT d.* FROM (SELECT key, min(d) AS d FROM (SELECT key, embedding <=> %(v)s AS d "
-                   "FROM semsearch.store_docs_search ORDER BY embedding <=> %(v)s LIMIT 30) c "
+                   f"FROM semsearch.store_docs_search ORDER BY embedding <=> %(v)s LIMIT {chunk_rows}) c "
                    "GROUP BY key ORDER BY min(d) LIMIT 10) r JOIN docs d ON d.id = r.key::integer ORDER BY r.d")
         or_query = ("SELECT key, ts_rank(tsv, q) FROM semsearch.store_docs_search_docs, "
                     "semsearch.or_query('english', %(q)s) q WHERE tsv @@ q ORDER BY 2 DESC LIMIT 10")

@@ -153,8 +153,9 @@ def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, ca
            arm_scores: bool = False) -> Select:
     """arm_scores=True adds each arm's rank and score to every row (semantic_rank, semantic_score,
     keyword_rank, keyword_score), to tune weights with. A rank is None where the row was not among that
-    arm's own candidates; with the score fusions each arm still scores it (keyword 0 where no query word
-    occurs, semantic None only for a row not embedded yet). With rrf, None for both."""
+    arm's own candidates (rows that score the same share a rank); with the score fusions each arm still
+    scores it (keyword 0 where no query word occurs, semantic None only for a row not embedded yet).
+    With rrf, an arm's score is None too where its rank is."""
     semantic_depth = _window(limit, semantic_candidates or candidates, DEFAULT_SEMANTIC_CANDIDATES)
     keyword_depth = _window(limit, keyword_candidates or candidates, DEFAULT_KEYWORD_CANDIDATES)
     _fusion(fusion, rrf_k, semantic_weight, keyword_weight)

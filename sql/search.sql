@@ -16,7 +16,9 @@ BEGIN
                       OR (p.proname IN ('hybrid_search', 'check_search_args') AND NOT p.proargnames && ARRAY['fusion'])
                       OR p.proname = 'fusion_value'
                       OR (p.proname = 'keyword_arm' AND NOT p.proargnames && ARRAY['rescored'])
-                      OR (p.proname = 'keyword_sql' AND NOT p.proargnames && ARRAY['scoring'])) LOOP
+                      OR (p.proname = 'keyword_sql' AND NOT p.proargnames && ARRAY['scoring'])
+                      OR (p.proname = 'chunk_rows' AND p.pronargs = 1)
+                      OR (p.proname = 'cover_ef_search' AND p.proargnames = ARRAY['candidates'])) LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;
 END $$;
@@ -101,32 +103,36 @@ $$;
 -- would be arbitrary rows.
 CREATE OR REPLACE FUNCTION semsearch.check_query_vector(ix semsearch.indexes, query_embedding vector)
 RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v real[] := query_embedding::real[];  -- (pgvector itself refuses NaN and infinite values)
 BEGIN
-    IF query_embedding IS NULL THEN
+    IF v IS NULL THEN
         RAISE EXCEPTION 'semsearch index "%": the query embedding is NULL', ix.name
             USING ERRCODE = 'null_value_not_allowed',
                   HINT = format('Pass the query''s embedding by model %s (%s dimensions).', ix.model, ix.dimensions);
     END IF;
-    IF cardinality(query_embedding::real[]) <> ix.dimensions THEN
+    IF cardinality(v) <> ix.dimensions THEN
         RAISE EXCEPTION 'semsearch index "%" holds % dimensions, the query embedding has %',
-            ix.name, ix.dimensions, cardinality(query_embedding::real[])
+            ix.name, ix.dimensions, cardinality(v)
             USING ERRCODE = 'data_exception',
                   HINT = format('Embed the query with the index''s model, %s.', ix.model);
     END IF;
-    IF ix.distance = 'cosine' AND NOT EXISTS (SELECT 1 FROM unnest(query_embedding::real[]) v WHERE v <> 0) THEN
+    IF ix.distance = 'cosine' AND v = array_fill(0::real, ARRAY[ix.dimensions]) THEN
         RAISE EXCEPTION 'semsearch index "%": the query embedding is all zeros, which has no cosine distance', ix.name
-            USING ERRCODE = 'data_exception';
-    END IF;
-    IF EXISTS (SELECT 1 FROM unnest(query_embedding::real[]) v WHERE v = 'NaN' OR v IN ('Infinity', '-Infinity')) THEN
-        RAISE EXCEPTION 'semsearch index "%": the query embedding holds NaN or infinite values', ix.name
             USING ERRCODE = 'data_exception';
     END IF;
 END $$;
 
--- The semantic arm's SQL. $1 = query embedding, $2 = documents wanted, $3 = filter keys.
--- ORDER BY distance LIMIT on the store table is the shape that uses HNSW; with a filter the iterative
--- scan (cover_ef_search) keeps going until enough rows pass it. exact: a short key list is scored whole
--- (no index can beat reading a few hundred rows). Then the best chunk per document.
+-- The semantic arm's SQL. $1 = query embedding, $2 = documents wanted, $3 = filter keys, $4 = chunk
+-- rows to read. ORDER BY distance LIMIT on the store table is the shape that uses HNSW; with a filter
+-- the iterative scan (cover_ef_search) keeps going until enough rows pass it. exact: a short key list
+-- is scored whole (no index can beat reading a few hundred rows). Then the best chunk per document;
+-- `chunks` is the number of chunk rows read (fewer than $4: the scan had no more).
+-- The arms' cuts keep their ties (FETCH FIRST ... WITH TIES) and tied rows share a rank (rank(), not
+-- row_number()): rows that score the same, duplicates say, are all in or all out of an arm whatever
+-- its depth, so fusion never keeps one and drops its twin. The search functions then cut to
+-- match_count, ties in key order. (Not the HNSW scan's own cut: that graph search is approximate
+-- anyway, and asking it for the ties costs a third more.)
 CREATE OR REPLACE FUNCTION semsearch.semantic_sql(ix semsearch.indexes, filtered boolean DEFAULT false,
     exact boolean DEFAULT false)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -134,12 +140,13 @@ DECLARE
     op    text := semsearch.distance_operator(ix.distance);
     score text := CASE ix.distance WHEN 'cosine' THEN '1 - min(d)' ELSE '-min(d)' END;
 BEGIN
-    RETURN format('SELECT key, (%s)::float8 AS score, row_number() OVER (ORDER BY min(d), key)::integer AS rank '
+    RETURN format('SELECT key, (%s)::float8 AS score, rank() OVER (ORDER BY min(d))::integer AS rank, '
+                  'sum(count(*)) OVER () AS chunks '
                   'FROM (SELECT s.key, s.embedding %s $1 AS d FROM semsearch.%I s %s %s) c '
-                  'GROUP BY key ORDER BY min(d), key LIMIT $2',
+                  'GROUP BY key ORDER BY min(d) FETCH FIRST $2 ROWS WITH TIES',
                   score, op, ix.store_table,
                   CASE WHEN filtered THEN 'WHERE s.key = ANY($3)' ELSE '' END,
-                  CASE WHEN exact THEN '' ELSE format('ORDER BY s.embedding %s $1 LIMIT semsearch.chunk_rows($2)', op) END);
+                  CASE WHEN exact THEN '' ELSE format('ORDER BY s.embedding %s $1 LIMIT $4', op) END);
 END $$;
 
 -- The keyword arm's SQL: BM25 with the index's k1 and b, over the current statistics.
@@ -174,7 +181,7 @@ DECLARE
         '         unnest(dd.tfs) AS tf FROM rows r JOIN %s dd ON dd.key = r.key) u JOIN w ON w.term = u.term CROSS JOIN st) ',
         semsearch.bm25_sql(ix, 'u.tf', 'u.length', 'st.avgdl'), docs);
     -- A row's score, to 9 decimals: the sum's last bits depend on the order its terms were added in, and
-    -- rows with the same terms must tie exactly (then rank by key) rather than by rounding noise.
+    -- rows with the same terms must tie exactly rather than by rounding noise.
     score  text := '(round(sum(s) * 1e9) / 1e9)::float8';
     body   text;
 BEGIN
@@ -184,8 +191,8 @@ BEGIN
             body := body || format(
                 'found AS (SELECT p.key, w.idf * p.impact AS s FROM w CROSS JOIN LATERAL '
                 '          (SELECT p.key, p.impact FROM %s p WHERE p.term = w.term ORDER BY p.impact DESC '
-                '           LIMIT greatest($2, ($4 * w.idf / (SELECT max(idf) FROM w))::integer)) p), '
-                'rows AS (SELECT key FROM (SELECT key FROM found GROUP BY key ORDER BY sum(s) DESC, key LIMIT $6) t %s), ',
+                '           FETCH FIRST (greatest($2, ($4 * w.idf / (SELECT max(idf) FROM w))::integer)) ROWS WITH TIES) p), '
+                'rows AS (SELECT key FROM (SELECT key FROM found GROUP BY key ORDER BY ' || score || ' DESC FETCH FIRST $6 ROWS WITH TIES) t %s), ',
                 semsearch.keyword_table(ix, 'postings'),
                 CASE WHEN scoring THEN 'UNION SELECT unnest($5)' ELSE '' END) || rescore;
         ELSIF plan = 'keys' THEN  -- a short filter list: its rows, scored from their term lists
@@ -210,39 +217,51 @@ BEGIN
     END IF;
     IF scoring THEN  -- the best $2, and the rows of $5 that match at all, each with its rank
         RETURN 'WITH ' || common || body ||
-               'SELECT * FROM (SELECT key, ' || score || ' AS score, row_number() OVER (ORDER BY ' || score || ' DESC, key)::integer '
+               'SELECT * FROM (SELECT key, ' || score || ' AS score, rank() OVER (ORDER BY ' || score || ' DESC)::integer '
                'AS rank FROM hits GROUP BY key) r WHERE r.rank <= $2 OR r.key = ANY($5)';
     END IF;
     RETURN 'WITH ' || common || body ||
-           'SELECT key, ' || score || ' AS score, row_number() OVER (ORDER BY ' || score || ' DESC, key)::integer AS rank '
-           'FROM hits GROUP BY key ORDER BY ' || score || ' DESC, key LIMIT $2';
+           'SELECT key, ' || score || ' AS score, rank() OVER (ORDER BY ' || score || ' DESC)::integer AS rank '
+           'FROM hits GROUP BY key ORDER BY ' || score || ' DESC FETCH FIRST $2 ROWS WITH TIES';
 END $$;
 
--- Chunk rows the semantic arm reads to find `candidates` distinct documents.
-CREATE OR REPLACE FUNCTION semsearch.chunk_rows(candidates integer)
-RETURNS integer LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT candidates * 3 $$;
+-- Chunk rows the semantic arm reads first to find `candidates` distinct documents: as many per
+-- document as the store holds on average (the planner's row counts of the store and of the keyword
+-- table's one row per document; 3 before the first ANALYZE), and a fifth more. semantic_arm reads
+-- more when that was not enough.
+CREATE OR REPLACE FUNCTION semsearch.chunk_rows(ix semsearch.indexes, candidates integer)
+RETURNS integer LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT least(ceil(candidates * 1.2 * CASE WHEN s.reltuples > 0 AND d.reltuples > 0
+                                             THEN least(greatest(s.reltuples / d.reltuples, 1), 20) ELSE 3 END) + 2,
+                 2147483647)::integer
+      FROM (SELECT max(reltuples) AS reltuples FROM pg_class WHERE oid = to_regclass(format('semsearch.%I', ix.store_table))) s,
+           (SELECT max(reltuples) AS reltuples FROM pg_class WHERE oid = to_regclass(semsearch.keyword_table(ix, 'docs'))) d
+$$;
 
 -- HNSW returns at most ef_search rows: raise it (for this transaction) to cover the chunk rows read,
 -- and to at least {{min_ef_search}}, where recall@10 against exact search stays above 0.95 at 100k rows.
 -- Iterative scans (pgvector 0.8) keep scanning when rows are filtered out (filter keys, or row-level
 -- security on the store hiding other tenants' rows), so a filtered search still finds its full count.
-CREATE OR REPLACE FUNCTION semsearch.cover_ef_search(candidates integer)
+CREATE OR REPLACE FUNCTION semsearch.cover_ef_search(chunk_rows integer)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ef_search integer := least(greatest(chunk_rows, {{min_ef_search}}), 1000);
 BEGIN
-    IF coalesce(current_setting('hnsw.iterative_scan', true), 'off') = 'off' THEN
+    -- (A setting pgvector has not defined yet in this session reads as NULL, or '' once set and reset.)
+    IF coalesce(nullif(current_setting('hnsw.iterative_scan', true), ''), 'off') = 'off' THEN
         PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
     END IF;
     -- pgvector stops an iterative scan after 20,000 tuples by default: a small tenant among many
     -- others would get too few rows. The scan still stops as soon as it has enough.
-    IF coalesce(current_setting('hnsw.max_scan_tuples', true), '20000')::integer < {{max_scan_tuples}} THEN
+    IF coalesce(nullif(current_setting('hnsw.max_scan_tuples', true), ''), '20000')::integer < {{max_scan_tuples}} THEN
         PERFORM set_config('hnsw.max_scan_tuples', '{{max_scan_tuples}}', true);
     END IF;
     -- It also stops at work_mem x hnsw.scan_mem_multiplier of memory (1 by default).
-    IF coalesce(current_setting('hnsw.scan_mem_multiplier', true), '1')::float8 < {{scan_mem_multiplier}} THEN
+    IF coalesce(nullif(current_setting('hnsw.scan_mem_multiplier', true), ''), '1')::float8 < {{scan_mem_multiplier}} THEN
         PERFORM set_config('hnsw.scan_mem_multiplier', '{{scan_mem_multiplier}}', true);
     END IF;
-    IF coalesce(current_setting('hnsw.ef_search', true), '40')::integer < greatest(semsearch.chunk_rows(candidates), {{min_ef_search}}) THEN
-        PERFORM set_config('hnsw.ef_search', least(greatest(semsearch.chunk_rows(candidates), {{min_ef_search}}), 1000)::text, true);
+    IF coalesce(nullif(current_setting('hnsw.ef_search', true), ''), '40')::integer < ef_search THEN
+        PERFORM set_config('hnsw.ef_search', ef_search::text, true);
     END IF;
 END $$;
 
@@ -250,11 +269,25 @@ END $$;
 CREATE OR REPLACE FUNCTION semsearch.semantic_arm(ix semsearch.indexes, query_embedding vector, n integer,
     filter_keys text[] DEFAULT NULL)
 RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    exact   boolean := coalesce(cardinality(filter_keys) <= {{exact_filter_keys}}, false);
+    query   text := 'SELECT array_agg(r.key ORDER BY r.rank, r.key), array_agg(r.score ORDER BY r.rank, r.key), '
+                    'array_agg(r.rank ORDER BY r.rank, r.key), max(r.chunks) FROM ('
+                    || semsearch.semantic_sql(ix, filter_keys IS NOT NULL, exact) || ') r';
+    reading integer := semsearch.chunk_rows(ix, n);
+    keys    text[];
+    scores  float8[];
+    ranks   integer[];
+    chunks  bigint;
 BEGIN
     PERFORM semsearch.check_query_vector(ix, query_embedding);
-    PERFORM semsearch.cover_ef_search(n);
-    RETURN QUERY EXECUTE semsearch.semantic_sql(ix, filter_keys IS NOT NULL, cardinality(filter_keys) <= {{exact_filter_keys}})
-        USING query_embedding, n, filter_keys;
+    LOOP  -- until n documents, or every chunk row the scan can give
+        PERFORM semsearch.cover_ef_search(reading);
+        EXECUTE query INTO keys, scores, ranks, chunks USING query_embedding, n, filter_keys, reading;
+        EXIT WHEN exact OR coalesce(cardinality(keys), 0) >= n OR coalesce(chunks, 0) < reading OR reading > 2147483647 / 3;
+        reading := reading * 3;
+    END LOOP;
+    RETURN QUERY SELECT * FROM unnest(keys, scores, ranks);
 END $$;
 
 -- Exact scores of given rows (hybrid search's keyword candidates): the query embedding is checked
@@ -262,7 +295,8 @@ END $$;
 CREATE OR REPLACE FUNCTION semsearch.semantic_scores(ix semsearch.indexes, query_embedding vector, keys text[])
 RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN QUERY EXECUTE semsearch.semantic_sql(ix, true, true) USING query_embedding, cardinality(keys), keys;
+    RETURN QUERY EXECUTE 'SELECT r.key, r.score, r.rank FROM (' || semsearch.semantic_sql(ix, true, true) || ') r'
+        USING query_embedding, cardinality(keys), keys, NULL::integer;
 END $$;
 
 CREATE OR REPLACE FUNCTION semsearch.keyword_plan(syntax text, filter_keys text[])
@@ -293,7 +327,8 @@ CREATE OR REPLACE FUNCTION semsearch.semantic_search(
 RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM semsearch.check_search_args(match_count);
-    RETURN QUERY SELECT * FROM semsearch.semantic_arm(semsearch.lookup_index(index_name), query_embedding, match_count, filter_keys);
+    RETURN QUERY SELECT a.* FROM semsearch.semantic_arm(semsearch.lookup_index(index_name), query_embedding, match_count, filter_keys) a
+                  ORDER BY a.score DESC, a.key LIMIT match_count;
 END $$;
 
 CREATE OR REPLACE FUNCTION semsearch.keyword_search(
@@ -302,7 +337,8 @@ CREATE OR REPLACE FUNCTION semsearch.keyword_search(
 RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM semsearch.check_search_args(match_count);
-    RETURN QUERY SELECT * FROM semsearch.keyword_arm(semsearch.lookup_index(index_name), query_text, match_count, syntax, filter_keys);
+    RETURN QUERY SELECT a.* FROM semsearch.keyword_arm(semsearch.lookup_index(index_name), query_text, match_count, syntax, filter_keys) a
+                  ORDER BY a.score DESC, a.key LIMIT match_count;
 END $$;
 
 -- Hybrid search: both arms (semantic_candidates and keyword_candidates deep, or both `candidates`), fused.
@@ -391,10 +427,10 @@ BEGIN
     PERFORM semsearch.check_search_args(candidates);
     IF arm = 'semantic' THEN
         PERFORM semsearch.check_query_vector(ix, query_embedding);
-        PERFORM semsearch.cover_ef_search(candidates);
+        PERFORM semsearch.cover_ef_search(semsearch.chunk_rows(ix, candidates));
         RETURN QUERY EXECUTE 'EXPLAIN ' || semsearch.semantic_sql(ix, filter_keys IS NOT NULL,
                                                                   cardinality(filter_keys) <= {{exact_filter_keys}})
-            USING query_embedding, candidates, filter_keys;
+            USING query_embedding, candidates, filter_keys, semsearch.chunk_rows(ix, candidates);
     ELSIF arm = 'keyword' THEN
         PERFORM semsearch.check_keyword_syntax(syntax);
         RETURN QUERY EXECUTE 'EXPLAIN ' || semsearch.keyword_sql(ix, syntax, semsearch.keyword_plan(syntax, filter_keys),

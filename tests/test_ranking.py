@@ -218,15 +218,20 @@ def test_fusion_methods_and_depths(notes, conn):
             scores = [r.score for r in rows]
             assert scores == sorted(scores, reverse=True)
     # The score fusions score every candidate by both arms: rebuilt here from the arms' own functions (each
-    # arm's 20 best, then each arm's scores of all of them), the fused scores must match.
+    # arm's 20 best and any rows tied with its 20th, then each arm's scores of all of them), the fused
+    # scores must match.
     v = str(vector)
-    top = lambda sql, *a: [k for k, *_ in conn.execute(sql, a)]  # noqa: E731
-    union = sorted(set(top("SELECT * FROM semsearch.semantic_search('notes_search', %s::vector, 20)", v))
-                   | set(top("SELECT * FROM semsearch.keyword_search('notes_search', 'glacier erosion', 20)")))
+
+    def top(sql, *args):
+        rows = conn.execute(sql, args).fetchall()
+        return {k for k, score, _ in rows if score >= rows[19][1]}
+
+    union = sorted(top("SELECT * FROM semsearch.semantic_search('notes_search', %s::vector, 200)", v)
+                   | top("SELECT * FROM semsearch.keyword_search('notes_search', 'glacier erosion', 200)"))
     sem = dict((k, x) for k, x, _ in conn.execute(
-        "SELECT * FROM semsearch.semantic_search('notes_search', %s::vector, 40, filter_keys => %s)", (v, union)))
+        "SELECT * FROM semsearch.semantic_search('notes_search', %s::vector, 1000, filter_keys => %s)", (v, union)))
     kw = {k: 0.0 for k in union} | dict((k, x) for k, x, _ in conn.execute(
-        "SELECT * FROM semsearch.keyword_search('notes_search', 'glacier erosion', 40, filter_keys => %s)", (union,)))
+        "SELECT * FROM semsearch.keyword_search('notes_search', 'glacier erosion', 1000, filter_keys => %s)", (union,)))
     assert sem.keys() == set(union) and 0 in kw.values()
     for fusion, normalise in (("minmax", lambda x, v: (x - min(v)) / (max(v) - min(v))),
                               ("zscore", lambda x, v: (x - statistics.fmean(v)) / statistics.pstdev(v))):
@@ -291,6 +296,12 @@ def test_fusion_of_tied_rows(db_url, conn):
                 rows = s.execute(Ticket.search.hybrid(query, limit=limit, fusion=fusion, arm_scores=True)).all()
                 assert [r.Ticket.id for r in rows] == semantic[:limit], (fusion, limit)
                 assert len({r.keyword_score for r in rows}) == 1
+        # Tied rows share a keyword rank and no cut splits them, so RRF follows the semantic arm too
+        # (ranks 1, 2, 3, ... by key would boost whichever keys sort first).
+        for limit in (3, 8, 40, 60):
+            rows = s.execute(Ticket.search.hybrid(query, limit=limit, fusion="rrf", arm_scores=True)).all()
+            assert [r.Ticket.id for r in rows] == semantic[:limit], limit
+            assert {r.keyword_rank for r in rows} == {1}
         # No query word anywhere: the keyword arm is tied at 0 and adds nothing.
         rows = s.execute(Ticket.search.hybrid("zzyzx quokka", limit=5, arm_scores=True)).all()
         assert [r.keyword_score for r in rows] == [0] * 5 and max(r.score for r in rows) == 1
