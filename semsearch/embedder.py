@@ -113,13 +113,29 @@ class SentenceTransformerEmbedder:
                                      show_progress_bar=False).astype(np.float32, copy=False)
 
 
-_cache: dict[str, SentenceTransformerEmbedder] = {}
+_cache: dict[str, Embedder] = {}
 _cache_lock = threading.Lock()
 
 
-def get_embedder(name: str = DEFAULT_MODEL) -> SentenceTransformerEmbedder:
+def make_embedder(spec: str) -> Embedder:
+    """The embedder an index's model spec names: `openai:<model>[@<base URL>]` for an OpenAI-compatible
+    server (semsearch.http_embedder), anything else a sentence-transformers model name or folder."""
+    if spec.startswith("openai:"):
+        from .http_embedder import OpenAIEmbedder
+
+        return OpenAIEmbedder(spec)
+    return SentenceTransformerEmbedder(spec)
+
+
+def get_embedder(name: str = DEFAULT_MODEL) -> Embedder:
     """One loaded copy of each model per process."""
     with _cache_lock:
         if name not in _cache:
-            _cache[name] = SentenceTransformerEmbedder(name)
+            _cache[name] = make_embedder(name)
         return _cache[name]
+
+
+def forget_embedder(name: str) -> None:
+    """Drop a model from the process's cache: the next get_embedder loads (or asks) it afresh."""
+    with _cache_lock:
+        _cache.pop(name, None)

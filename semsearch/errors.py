@@ -23,3 +23,8 @@ class NotInstalled(SemsearchError):
 
 class InvalidQuery(SemsearchError, ValueError):
     """A search argument out of range (limit, candidates, rrf_k, weights, query vector)."""
+
+
+class EmbedderUnavailable(SemsearchError):
+    """The embedding service as a whole is failing (down, overloaded, misconfigured), not one input:
+    the worker waits for it, and the rows keep their attempts."""

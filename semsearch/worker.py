@@ -24,14 +24,15 @@ from pgvector.psycopg import register_vector
 from psycopg.rows import namedtuple_row
 
 from .database import connect, database_url
-from .errors import DatabaseUnavailable, ModelUnavailable, SemsearchError
-from .embedder import Embedder, content_hash, get_embedder
+from .errors import DatabaseUnavailable, EmbedderUnavailable, ModelUnavailable, SemsearchError
+from .embedder import Embedder, content_hash, forget_embedder, get_embedder
 from .schema import installed_version, require_installed
 
 log = logging.getLogger("semsearch.worker")
 
 NOTIFY_CHANNEL = "semsearch"
 UNUSABLE_RETRY_SECONDS = 60
+OUTAGE_FIRST_WAIT, OUTAGE_LONGEST_WAIT = 1.0, 60.0  # seconds between tries of an embedding service that is down
 TOKENIZE_CHARS = 2_000_000
 KEYWORD_BATCH_KEYS = 500  # keys the keyword pass indexes per transaction
 # Connection errors of a server that will accept connections soon (SQLSTATE 57P03 and friends).
@@ -131,6 +132,7 @@ class Worker:
         self._problems: dict[str, tuple[str, float]] = {}  # index name -> (why it is unusable, since)
         self._model_problems: set[str] = set()  # unusable indexes whose keywords can still be indexed
         self._store_rls: dict[int, bool] = {}  # index id -> row-level security applies to our store writes
+        self._outages: dict[str, tuple[float, float]] = {}  # index name -> (next try at, wait after that)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -271,8 +273,14 @@ class Worker:
                         except psycopg.errors.LockNotAvailable:
                             conn.rollback()
                 for ix in usable:
+                    if ix.name in self._outages and time.monotonic() < self._outages[ix.name][0]:
+                        continue
                     try:
                         done += self.process_batch(conn, ix)
+                        self._outage_over(conn, ix)
+                    except EmbedderUnavailable as exc:
+                        conn.rollback()  # nothing claimed stays claimed, and no row loses an attempt
+                        self._outage(conn, ix, exc)
                     except IndexUnusable as exc:
                         self._report_unusable(conn, ix, exc)
                     except psycopg.errors.LockNotAvailable:
@@ -300,7 +308,10 @@ class Worker:
                     raise IndexUnusable("; ".join(f"{name}: {problem}" for name, (problem, _) in self._problems.items())
                                         + "\nThe other indexes are done; fix these and run the worker again.")
                 return True
-            if pending and next_due <= 0:
+            if self._outages:  # try the embedding service again when its wait is over
+                next_try = min(at for at, _ in self._outages.values()) - time.monotonic()
+                self._sleep(max(0.05, min(next_try, self.poll_interval)), None if drain else seen)
+            elif pending and next_due <= 0:
                 self._sleep(0.05)  # claimable work held by another lane or worker: look again soon
             elif drain:
                 self._sleep(min(next_due, 1.0))
@@ -342,6 +353,22 @@ class Worker:
             self._model_problems.discard(ix.name)
         conn.execute("UPDATE semsearch.indexes SET problem = %s WHERE id = %s", (message, ix.id))
         conn.commit()
+
+    def _outage(self, conn: psycopg.Connection, ix: IndexSpec, exc: EmbedderUnavailable) -> None:
+        """The embedding service failed as a whole: wait (doubling, up to a minute) and say so in status."""
+        wait = self._outages.get(ix.name, (0.0, OUTAGE_FIRST_WAIT))[1]
+        self._outages[ix.name] = (time.monotonic() + wait * random.uniform(0.8, 1.2), min(wait * 2, OUTAGE_LONGEST_WAIT))
+        message = f"embedding service unavailable, trying again in {wait:.0f}s (queued rows wait, keeping their attempts): {exc}"
+        log.warning("index %s: %s", ix.name, message)
+        conn.execute("UPDATE semsearch.indexes SET problem = %s WHERE id = %s", (message, ix.id))
+        conn.commit()
+
+    def _outage_over(self, conn: psycopg.Connection, ix: IndexSpec) -> None:
+        if self._outages.pop(ix.name, None) is not None:
+            log.info("index %s: the embedding service answers again", ix.name)
+            conn.execute("UPDATE semsearch.indexes SET problem = NULL WHERE id = %s "
+                         "AND problem LIKE 'embedding service unavailable%%'", (ix.id,))
+            conn.commit()
 
     def _clear_problem(self, conn: psycopg.Connection, ix: IndexSpec) -> None:
         self._model_problems.discard(ix.name)
@@ -407,6 +434,10 @@ class Worker:
         except ModelUnavailable as exc:
             raise IndexUnusable(str(exc), model_only=True) from exc
         if embedder.dimensions != ix.dimensions:
+            # Asked afresh next time: a server may be answering for another model until it is fixed.
+            with self._embedders_lock:
+                self._embedders.pop(ix.model, None)
+            forget_embedder(ix.model)
             raise IndexUnusable(f"model {ix.model!r} makes {embedder.dimensions}-dimensional vectors but the index "
                                 f"holds {ix.dimensions}: drop the index and create it with dimensions="
                                 f"{embedder.dimensions}", model_only=True)
@@ -619,6 +650,8 @@ class Worker:
             return vectors, failures
         try:
             flat = embedder.encode([c for i in items for c in i.chunks], batch_size=self.batch_size)
+        except EmbedderUnavailable:
+            raise  # the service, not these items: the whole batch waits for it
         except Exception as exc:
             if len(items) == 1:
                 failures.append((items[0], f"embedding failed: {exc!r}", False))

@@ -1,0 +1,118 @@
+"""Embeddings from any OpenAI-compatible server (OpenAI, vLLM, Ollama, LiteLLM, text-embeddings-inference)
+through the official `openai` client, which batches nothing itself but retries rate limits (honouring
+Retry-After), 5xx answers, timeouts and dropped connections with backoff.
+
+The index's model is the spec `openai:<model>` or `openai:<model>@<base URL>`, so a worker needs no
+application code: the registry holds the spec, the environment the key (SEMSEARCH_EMBEDDINGS_API_KEY,
+else OPENAI_API_KEY; a local server needs none). The base URL's query string may set `timeout`
+(seconds per request, default 60) and `max_retries` (default 5), e.g.
+`openai:nomic-embed-text@http://localhost:11434/v1?timeout=10`.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import numpy as np
+
+from .errors import EmbedderUnavailable, ModelUnavailable
+
+SPEC_PREFIX = "openai:"
+CHARS_PER_TOKEN = 4  # the usual average for English text: this embedder has no tokenizer of the server's model
+DEFAULT_CHUNK_TOKENS = 512
+MAX_INPUTS_PER_REQUEST = 2048  # OpenAI's limit on inputs per request
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, float, int]:
+    """(model, base URL or None, timeout, max_retries) of an `openai:` spec."""
+    rest = spec[len(SPEC_PREFIX):]
+    model, _, base_url = rest.partition("@")
+    if not model:
+        raise ModelUnavailable(f"embedder spec {spec!r} names no model: write openai:<model>[@<base URL>]")
+    timeout, max_retries = 60.0, 5
+    if base_url:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ModelUnavailable(f"embedder spec {spec!r}: {base_url!r} is not an http(s) URL")
+        options = dict(parse_qsl(parts.query))
+        try:
+            timeout = float(options.pop("timeout", timeout))
+            max_retries = int(options.pop("max_retries", max_retries))
+        except ValueError as exc:
+            raise ModelUnavailable(f"embedder spec {spec!r}: timeout and max_retries must be numbers") from exc
+        base_url = parts._replace(query=urlencode(options)).geturl()
+    return model, base_url or None, timeout, max_retries
+
+
+class OpenAIEmbedder:
+    """An embedding model behind an OpenAI-compatible /v1/embeddings endpoint."""
+
+    def __init__(self, spec: str, dimensions: int | None = None):
+        try:
+            import openai
+        except ImportError as exc:
+            raise ModelUnavailable("the openai client is not installed: pip install 'semsearch[openai]'") from exc
+        self.name = spec
+        self.model, base_url, timeout, max_retries = parse_spec(spec)
+        api_key = os.environ.get("SEMSEARCH_EMBEDDINGS_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
+        self._openai = openai
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        self._dimensions = dimensions
+        self._lock = threading.Lock()
+
+    @property
+    def dimensions(self) -> int:
+        """The server's vector size, asked once (one short input) when not given."""
+        if self._dimensions is None:
+            self._dimensions = len(self._request(["dimensions probe"])[0])
+        return self._dimensions
+
+    def chunk(self, texts: Sequence[str], chunk_tokens: int | None, overlap: int) -> list[list[str]]:
+        """Windows of about chunk_tokens tokens (4 characters each), cut at whitespace where there is one."""
+        size = (chunk_tokens or DEFAULT_CHUNK_TOKENS) * CHARS_PER_TOKEN
+        step = max(size - min(overlap * CHARS_PER_TOKEN, size // 2), 1)
+        result = []
+        for text in texts:
+            chunks, start = [], 0
+            while True:
+                end = start + size
+                if end < len(text):
+                    cut = text.rfind(" ", start + step, end)
+                    end = cut if cut > start else end
+                chunks.append(text[start:end])
+                if end >= len(text):
+                    break
+                start = max(end - (size - step), start + 1)
+            result.append(chunks)
+        return result
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        batch = max(1, min(batch_size, MAX_INPUTS_PER_REQUEST))
+        vectors = [v for start in range(0, len(texts), batch) for v in self._request(list(texts[start:start + batch]))]
+        result = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+        if self._dimensions is not None and result.shape[1] != self._dimensions:
+            raise EmbedderUnavailable(
+                f"{self.name}: the server returned {result.shape[1]}-dimensional vectors, not {self._dimensions}; "
+                "is it serving another model under this name? Nothing was stored.")
+        return result
+
+    def _request(self, inputs: list[str]) -> list[list[float]]:
+        """One /v1/embeddings call. A server that is down, overloaded or failing (after the client's own
+        retries) raises EmbedderUnavailable: the worker waits for it, and the rows keep their attempts.
+        Any other error (a 400 for an input the model refuses) is the input's."""
+        errors = self._openai
+        try:
+            response = self.client.embeddings.create(model=self.model, input=inputs, encoding_format="float")
+        except (errors.APIConnectionError, errors.RateLimitError, errors.InternalServerError,
+                errors.AuthenticationError, errors.PermissionDeniedError, errors.NotFoundError) as exc:
+            raise EmbedderUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        except errors.APIStatusError as exc:
+            if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
+                raise EmbedderUnavailable(f"{self.name}: HTTP {exc.status_code}: {exc}") from exc
+            raise
+        data = sorted(response.data, key=lambda d: d.index)
+        if len(data) != len(inputs):
+            raise EmbedderUnavailable(f"{self.name}: the server returned {len(data)} embeddings for {len(inputs)} inputs")
+        return [d.embedding for d in data]

@@ -1,0 +1,192 @@
+"""The OpenAI-compatible HTTP embedder against a real HTTP server (tests/embedding_server.py, the local
+model behind /v1/embeddings): rate limits with Retry-After, 5xx, timeouts, a wrong dimension, and an
+outage longer than every retry, through the `semsearch worker` command and the ORM."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from semsearch import SearchIndex, Worker
+from semsearch.database import sqlalchemy_url
+from semsearch.embedder import forget_embedder, get_embedder
+
+SERVER = Path(__file__).resolve().parent / "embedding_server.py"
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PORT = free_port()  # chosen once per run, so the model's spec (in the class below) can name it
+SPEC = f"openai:all-MiniLM-L6-v2@http://127.0.0.1:{PORT}/v1?timeout=1&max_retries=2"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Ticket(Base):
+    __tablename__ = "http_tickets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+    search = SearchIndex("body", model=SPEC, dimensions=384)
+
+
+BODIES = ["The office printer jams on double-sided pages.", "The VPN drops every hour when working from home.",
+          "I cannot reset my password: the email never arrives.", "My laptop battery drains in two hours."]
+
+
+class EmbeddingServer:
+    def __init__(self):
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen([sys.executable, str(SERVER), str(PORT)], stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+
+    def post(self, path, body):
+        request = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        return json.load(urllib.request.urlopen(request))
+
+    def requests(self):
+        return json.load(urllib.request.urlopen(f"http://127.0.0.1:{PORT}/requests"))["requests"]
+
+
+@pytest.fixture
+def server():
+    s = EmbeddingServer()
+    s.start()
+    yield s
+    if s.process.poll() is None:
+        s.stop()
+
+
+@pytest.fixture
+def tickets(db_url):
+    forget_embedder(SPEC)  # each test asks the server afresh
+    engine = create_engine(sqlalchemy_url(db_url))
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def add_tickets(engine, start: int, count: int) -> None:
+    with Session(engine) as s:
+        s.add_all(Ticket(id=i, body=f"{BODIES[i % 4]} (ticket {i})") for i in range(start, start + count))
+        s.commit()
+
+
+def counts(conn) -> tuple[int, int, int, int]:
+    """(store rows, failures, queued keys, queued attempts in total)"""
+    return conn.execute(
+        "SELECT (SELECT count(*) FROM semsearch.store_http_tickets_search), (SELECT count(*) FROM semsearch.failures), "
+        "(SELECT coalesce(sum(cardinality(keys)), 0) FROM semsearch.queue), "
+        "(SELECT coalesce(sum(attempts), 0) FROM semsearch.queue)").fetchone()
+
+
+def test_worker_command_embeds_through_the_server_despite_429_500_and_timeouts(server, tickets, db_url, conn):
+    add_tickets(tickets, 1, 40)
+    # One of each fault, in order: a rate limit asking for 2 s, a 500, and an answer slower than the timeout.
+    server.post("/faults", [{"status": 429, "retry_after": 2}, {"status": 500}, {"delay": 3}])
+    result = subprocess.run([sys.executable, "-m", "semsearch.cli", "worker", "--drain"], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "SEMSEARCH_DATABASE_URL": db_url})
+    assert result.returncode == 0, result.stderr
+    assert counts(conn) == (40, 0, 0, 0)
+    log = server.requests()
+    assert [r["status"] for r in log[:3]] == [429, 500, 200] and log[2]["fault"] == {"delay": 3}
+    assert log[1]["at"] - log[0]["at"] >= 2  # the client waited as Retry-After said
+    assert log[3]["at"] - log[2]["at"] >= 1  # ... and retried the request that timed out
+    # The stored vectors are the model's, and queries are embedded by the same server.
+    stored = conn.execute("SELECT embedding::text FROM semsearch.store_http_tickets_search WHERE key = '3'").fetchone()[0]
+    local = get_embedder("all-MiniLM-L6-v2").encode([f"{BODIES[3]} (ticket 3)"])[0]
+    assert np.dot(np.array(json.loads(stored)), local) > 0.999
+    with Session(tickets) as s:
+        rows = s.execute(Ticket.search.semantic("my password reset email never came", limit=5)).all()
+        assert all(t.id % 4 == 2 for t, _ in rows)
+        hybrid = s.execute(Ticket.search.hybrid("printer jams", limit=3)).all()
+        assert all(t.id % 4 == 0 for t, _ in hybrid)
+
+
+def run_worker_for(db_url, seconds: float) -> Worker:
+    worker = Worker(db_url, poll_interval=0.2, retry_base_seconds=0.1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    time.sleep(seconds)
+    worker.stop()
+    thread.join(30)
+    return worker
+
+
+def problem(conn) -> str | None:
+    return conn.execute("SELECT problem FROM semsearch.indexes WHERE name = 'http_tickets_search'").fetchone()[0]
+
+
+def wait_for(condition, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_an_outage_longer_than_every_retry_loses_nothing(server, tickets, db_url, conn):
+    """One worker runs throughout: the server stops while rows keep coming, for longer than the client's
+    retries take, then comes back."""
+    worker = Worker(db_url, poll_interval=0.2, retry_base_seconds=0.1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        add_tickets(tickets, 1, 10)
+        wait_for(lambda: counts(conn) == (10, 0, 0, 0))
+        server.stop()
+        add_tickets(tickets, 11, 30)
+        time.sleep(8)
+        assert counts(conn) == (10, 0, 30, 0)  # nothing more embedded, nothing failed, no attempt spent
+        assert "embedding service unavailable" in problem(conn)
+        with Session(tickets) as s:  # keywords never wait for the model
+            assert len(s.execute(Ticket.search.keyword("printer", limit=50)).all()) == 10
+        server.start()
+        wait_for(lambda: counts(conn) == (40, 0, 0, 0))
+        wait_for(lambda: problem(conn) is None)
+    finally:
+        worker.stop()
+        thread.join(30)
+
+
+def test_a_server_answering_with_another_dimension_stores_nothing(server, tickets, db_url, conn):
+    add_tickets(tickets, 1, 8)
+    server.post("/faults", [{"dimensions": 768}] * 50)
+    run_worker_for(db_url, 4)
+    assert counts(conn)[:3] == (0, 0, 8)
+    assert "768-dimensional" in problem(conn) and "384" in problem(conn)
+    # The server comes right: the rows are embedded, still with no failure.
+    server.stop()
+    server.start()
+    Worker(db_url, poll_interval=0.2).run(drain=True)
+    assert counts(conn) == (8, 0, 0, 0)
+    # Later it changes model under the same name: a changed row keeps its vectors until it answers right.
+    server.post("/faults", [{"dimensions": 768}] * 50)
+    with Session(tickets) as s:
+        s.get(Ticket, 1).body = "The scanner is broken too."
+        s.commit()
+    run_worker_for(db_url, 4)
+    assert counts(conn)[1:3] == (0, 1)
+    assert "768-dimensional vectors, not 384" in problem(conn)
+    assert conn.execute("SELECT count(*) FROM semsearch.store_http_tickets_search WHERE vector_dims(embedding) <> 384"
+                        ).fetchone() == (0,)
