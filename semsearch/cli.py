@@ -121,7 +121,8 @@ def cmd_status(args) -> None:
     with _connect_installed(args) as conn:
         rows = conn.execute(
             "SELECT index_name, source_table, model, documents, pending, in_flight, failed, "
-            "oldest_pending_age, embedded_last_minute, backfilling, problem FROM semsearch.status"
+            "oldest_pending_age, embedded_last_minute, backfilling, problem, "
+            "pg_size_pretty(store_bytes), pg_size_pretty(bytes_per_document) FROM semsearch.status"
         ).fetchall()
         failures = conn.execute(
             """SELECT i.name, f.key, f.attempts, f.error FROM semsearch.failures f
@@ -131,10 +132,11 @@ def cmd_status(args) -> None:
         print("no semsearch indexes (declare a SearchIndex and run create_all, or semsearch.create_index)")
         return
     header = ("index", "table", "model", "documents", "pending", "in flight", "failed", "oldest pending",
-              "embedded/min", "backfill")
+              "embedded/min", "backfill", "store", "store/document")
     # A requested backfill is queued by a running worker: until then its rows are not counted as pending.
-    table = [header] + [tuple(str(v if v is not None else "-") for v in r[:9]) + ("waiting for a worker"
-                                                                               if r[9] else "-",) for r in rows]
+    table = [header] + [tuple(str(v if v is not None else "-") for v in r[:9])
+                        + ("waiting for a worker" if r[9] else "-", r[11].replace(" ", ""), (r[12] or "-").replace(" ", ""))
+                        for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

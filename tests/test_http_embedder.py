@@ -109,6 +109,15 @@ def test_worker_command_embeds_through_the_server_despite_429_500_and_timeouts(s
                             text=True, timeout=300, env={**os.environ, "SEMSEARCH_DATABASE_URL": db_url})
     assert result.returncode == 0, result.stderr
     assert counts(conn) == (40, 0, 0, 0)
+    # semsearch status reports the store's size, and per document (40 rows of 384 float4s and their text).
+    per_document = conn.execute("SELECT bytes_per_document FROM semsearch.status").fetchone()[0]
+    assert 1536 < per_document < 20_000
+    status = subprocess.run([sys.executable, "-m", "semsearch.cli", "status"], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "SEMSEARCH_DATABASE_URL": db_url})
+    header, row = status.stdout.splitlines()[:2]
+    assert header.split()[-2:] == ["store", "store/document"] and row.split()[-2:] == [
+        conn.execute("SELECT pg_size_pretty(store_bytes) FROM semsearch.status").fetchone()[0].replace(" ", ""),
+        conn.execute("SELECT pg_size_pretty(bytes_per_document) FROM semsearch.status").fetchone()[0].replace(" ", "")]
     log = server.requests()
     assert [r["status"] for r in log[:3]] == [429, 500, 200] and log[2]["fault"] == {"delay": 3}
     assert log[1]["at"] - log[0]["at"] >= 2  # the client waited as Retry-After said
