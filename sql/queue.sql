@@ -122,6 +122,26 @@ BEGIN
     PERFORM semsearch.request_backfill_by_id((semsearch.lookup_index(index_name)).id);
 END $$;
 
+-- The worker's model has this revision: recorded, and when the index's vectors were made by another
+-- revision, every row is queued again (their content hashes include the revision, so each is
+-- re-embedded once). Returns whether it queued them.
+CREATE OR REPLACE FUNCTION semsearch.record_model_revision(index_id integer, revision text)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    previous text;
+BEGIN
+    SELECT i.model_revision INTO previous FROM semsearch.indexes i WHERE i.id = index_id FOR UPDATE;
+    IF previous IS NOT DISTINCT FROM revision THEN
+        RETURN false;
+    END IF;
+    UPDATE semsearch.indexes i SET model_revision = revision WHERE i.id = index_id;
+    IF previous IS NULL THEN  -- first record (an index created before revisions were kept, or new)
+        RETURN false;
+    END IF;
+    PERFORM semsearch.request_backfill_by_id(index_id);
+    RETURN true;
+END $$;
+
 CREATE OR REPLACE FUNCTION semsearch.request_backfill_by_id(index_id integer)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
