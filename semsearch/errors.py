@@ -28,3 +28,8 @@ class InvalidQuery(SemsearchError, ValueError):
 class EmbedderUnavailable(SemsearchError):
     """The embedding service as a whole is failing (down, overloaded, misconfigured), not one input:
     the worker waits for it, and the rows keep their attempts."""
+
+
+class EmbedderMisconfigured(ModelUnavailable):
+    """The embedding service refuses the index's spec (unknown URL or model, a refused key): the index
+    cannot be served until someone fixes it, as with a model that cannot load."""

@@ -13,16 +13,17 @@ from __future__ import annotations
 import os
 import threading
 from typing import Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
-from .errors import EmbedderUnavailable, ModelUnavailable
+from .errors import EmbedderMisconfigured, EmbedderUnavailable, ModelUnavailable
 
 SPEC_PREFIX = "openai:"
 CHARS_PER_TOKEN = 4  # the usual average for English text: this embedder has no tokenizer of the server's model
 DEFAULT_CHUNK_TOKENS = 512
 MAX_INPUTS_PER_REQUEST = 2048  # OpenAI's limit on inputs per request
+SPEC_OPTIONS = ("timeout", "max_retries")
 
 
 def parse_spec(spec: str) -> tuple[str, str | None, float, int]:
@@ -36,13 +37,17 @@ def parse_spec(spec: str) -> tuple[str, str | None, float, int]:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ModelUnavailable(f"embedder spec {spec!r}: {base_url!r} is not an http(s) URL")
-        options = dict(parse_qsl(parts.query))
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        unknown = sorted(set(options) - set(SPEC_OPTIONS))
+        if unknown:
+            raise ModelUnavailable(f"embedder spec {spec!r}: unknown option {', '.join(unknown)}; "
+                                   f"the base URL's query takes {' and '.join(SPEC_OPTIONS)}")
         try:
-            timeout = float(options.pop("timeout", timeout))
-            max_retries = int(options.pop("max_retries", max_retries))
+            timeout = float(options.get("timeout", timeout))
+            max_retries = int(options.get("max_retries", max_retries))
         except ValueError as exc:
             raise ModelUnavailable(f"embedder spec {spec!r}: timeout and max_retries must be numbers") from exc
-        base_url = parts._replace(query=urlencode(options)).geturl()
+        base_url = parts._replace(query="").geturl()
     return model, base_url or None, timeout, max_retries
 
 
@@ -57,6 +62,7 @@ class OpenAIEmbedder:
         self.name = spec
         self.revision = ""  # the server's to keep: the spec names the model
         self.model, base_url, timeout, max_retries = parse_spec(spec)
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         api_key = os.environ.get("SEMSEARCH_EMBEDDINGS_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
@@ -106,8 +112,18 @@ class OpenAIEmbedder:
         errors = self._openai
         try:
             response = self.client.embeddings.create(model=self.model, input=inputs, encoding_format="float")
-        except (errors.APIConnectionError, errors.RateLimitError, errors.InternalServerError,
-                errors.AuthenticationError, errors.PermissionDeniedError, errors.NotFoundError) as exc:
+        except errors.APIConnectionError as exc:  # (timeouts too)
+            cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+            raise EmbedderUnavailable(f"{self.name}: cannot reach {self.base_url}: {exc}{cause}") from exc
+        except (errors.AuthenticationError, errors.PermissionDeniedError) as exc:
+            raise EmbedderMisconfigured(
+                f"{self.name}: {self.base_url} refused the API key (HTTP {exc.status_code}: {exc.message}); set "
+                "SEMSEARCH_EMBEDDINGS_API_KEY (or OPENAI_API_KEY) where the worker and the application run") from exc
+        except errors.NotFoundError as exc:
+            raise EmbedderMisconfigured(
+                f"{self.name}: {self.base_url.rstrip('/')}/embeddings answered 404 ({exc.message}): check the base "
+                f"URL (it usually ends in /v1) and the model name {self.model!r} in the index's model spec") from exc
+        except (errors.RateLimitError, errors.InternalServerError) as exc:
             raise EmbedderUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         except errors.APIStatusError as exc:
             if exc.status_code >= 500 or exc.status_code in (408, 409, 429):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from .errors import SemsearchError
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 KNOWN_DIMENSIONS = {DEFAULT_MODEL: 384, "sentence-transformers/all-MiniLM-L6-v2": 384}
 # The chunk size a known model embeds best: the sequence length it was trained on (all-MiniLM-L6-v2:
@@ -59,6 +61,13 @@ class IndexOptions:
                 raise ValueError(f"weights[{column!r}] must be a finite number of 0 or more, not {weight!r}")
         if not 0 <= self.bm25_k1 <= 100 or not 0 <= self.bm25_b <= 1:
             raise ValueError("bm25_k1 must be from 0 to 100 and bm25_b from 0 to 1")
+        if self.model.startswith("openai:"):  # an OpenAI-compatible server's spec: checked when declared
+            from .http_embedder import parse_spec
+
+            try:
+                parse_spec(self.model)
+            except SemsearchError as exc:
+                raise ValueError(str(exc)) from None
         if self.chunk_tokens is None and self.model in KNOWN_CHUNK_TOKENS:
             object.__setattr__(self, "chunk_tokens", KNOWN_CHUNK_TOKENS[self.model])
         known = KNOWN_DIMENSIONS.get(self.model)

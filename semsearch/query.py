@@ -119,7 +119,8 @@ def _rank(index: "SearchIndex", results, limit: int, *extra) -> Select:
     return (
         select(index.model_class, results.c.score.label("score"), *extra)
         .join(results, match)
-        .order_by(results.c.score.desc(), *keys)
+        # Ties as the search functions cut them: key text, shorter first (numeric order for integer keys).
+        .order_by(results.c.score.desc(), func.length(results.c.key), results.c.key)
         .limit(limit)
     )
 

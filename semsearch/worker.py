@@ -284,6 +284,9 @@ class Worker:
                     except EmbedderUnavailable as exc:
                         conn.rollback()  # nothing claimed stays claimed, and no row loses an attempt
                         self._outage(conn, ix, exc)
+                    except ModelUnavailable as exc:  # the service refuses the index's spec
+                        conn.rollback()
+                        self._report_unusable(conn, ix, IndexUnusable(str(exc), model_only=True))
                     except IndexUnusable as exc:
                         self._report_unusable(conn, ix, exc)
                     except psycopg.errors.LockNotAvailable:
@@ -661,8 +664,8 @@ class Worker:
             return vectors, failures
         try:
             flat = embedder.encode([c for i in items for c in i.chunks], batch_size=self.batch_size)
-        except EmbedderUnavailable:
-            raise  # the service, not these items: the whole batch waits for it
+        except (EmbedderUnavailable, ModelUnavailable):
+            raise  # the service or its configuration, not these items: the whole batch waits
         except Exception as exc:
             if len(items) == 1:
                 failures.append((items[0], f"embedding failed: {exc!r}", False))

@@ -131,7 +131,8 @@ END $$;
 -- The arms' cuts keep their ties (FETCH FIRST ... WITH TIES) and tied rows share a rank (rank(), not
 -- row_number()): rows that score the same, duplicates say, are all in or all out of an arm whatever
 -- its depth, so fusion never keeps one and drops its twin. The search functions then cut to
--- match_count, ties in key order. (Not the HNSW scan's own cut: that graph search is approximate
+-- match_count, ties in key order, shorter keys first (numeric order for integer keys; the ORM's
+-- queries order them the same way, so a longer limit only adds rows after a shorter one's). (Not the HNSW scan's own cut: that graph search is approximate
 -- anyway, and asking it for the ties costs a third more.)
 CREATE OR REPLACE FUNCTION semsearch.semantic_sql(ix semsearch.indexes, filtered boolean DEFAULT false,
     exact boolean DEFAULT false)
@@ -328,7 +329,7 @@ RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql S
 BEGIN
     PERFORM semsearch.check_search_args(match_count);
     RETURN QUERY SELECT a.* FROM semsearch.semantic_arm(semsearch.lookup_index(index_name), query_embedding, match_count, filter_keys) a
-                  ORDER BY a.score DESC, a.key LIMIT match_count;
+                  ORDER BY a.score DESC, length(a.key), a.key LIMIT match_count;
 END $$;
 
 CREATE OR REPLACE FUNCTION semsearch.keyword_search(
@@ -338,7 +339,7 @@ RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql S
 BEGIN
     PERFORM semsearch.check_search_args(match_count);
     RETURN QUERY SELECT a.* FROM semsearch.keyword_arm(semsearch.lookup_index(index_name), query_text, match_count, syntax, filter_keys) a
-                  ORDER BY a.score DESC, a.key LIMIT match_count;
+                  ORDER BY a.score DESC, length(a.key), a.key LIMIT match_count;
 END $$;
 
 -- Hybrid search: both arms (semantic_candidates and keyword_candidates deep, or both `candidates`), fused.
@@ -413,7 +414,7 @@ BEGIN
             + keyword_weight * coalesce(f.kf, CASE WHEN fusion = 'zscore' THEN (SELECT min(kf) FROM f) ELSE 0 END))::float8,
            f.srank, f.krank, f.sscore, f.kscore
       FROM f
-     ORDER BY 2 DESC, 1 LIMIT match_count;
+     ORDER BY 2 DESC, length(f.key), f.key LIMIT match_count;
 END $$;
 
 -- EXPLAIN one search arm exactly as the search functions run it (with filter_keys: as filtered).

@@ -199,3 +199,42 @@ def test_a_server_answering_with_another_dimension_stores_nothing(server, ticket
     assert "768-dimensional vectors, not 384" in problem(conn)
     assert conn.execute("SELECT count(*) FROM semsearch.store_http_tickets_search WHERE vector_dims(embedding) <> 384"
                         ).fetchone() == (0,)
+
+
+def test_a_spec_with_a_typo_is_refused_when_declared():
+    with pytest.raises(ValueError, match="unknown option timout; the base URL's query takes timeout and max_retries"):
+        SearchIndex("body", model=f"openai:m@http://127.0.0.1:{PORT}/v1?timout=5", dimensions=384)
+
+
+def test_a_wrong_base_url_is_the_index_problem_not_an_outage(server, db_url, conn):
+    """A 404 on the embeddings path is a mistake in the spec: `semsearch worker --drain` exits 2 and names
+    the index and what to check, instead of waiting for a service that will never answer."""
+
+    class WrongBase(DeclarativeBase):
+        pass
+
+    class Memo(WrongBase):
+        __tablename__ = "http_memos"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        body: Mapped[str]
+        search = SearchIndex("body", model=f"openai:all-MiniLM-L6-v2@http://127.0.0.1:{PORT}/v2?max_retries=0",
+                             dimensions=384)
+
+    engine = create_engine(sqlalchemy_url(db_url))
+    WrongBase.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all(Memo(id=i, body=f"memo {i}") for i in range(1, 4))
+        s.commit()
+    result = subprocess.run([sys.executable, "-m", "semsearch.cli", "worker", "--drain"], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "SEMSEARCH_DATABASE_URL": db_url})
+    assert result.returncode == 2, result.stderr
+    assert "http_memos_search" in result.stderr and "/v2/embeddings answered 404" in result.stderr
+    assert "check the base URL" in result.stderr
+    assert counts_of(conn, "http_memos_search") == (0, 0, 3)
+    engine.dispose()
+
+
+def counts_of(conn, index):
+    return conn.execute(
+        f"SELECT (SELECT count(*) FROM semsearch.store_{index}), (SELECT count(*) FROM semsearch.failures), "
+        "(SELECT coalesce(sum(cardinality(keys)), 0) FROM semsearch.queue)").fetchone()
