@@ -88,14 +88,17 @@ class OpenAIEmbedder:
                 if end < len(text):
                     cut = text.rfind(" ", start + step, end)
                     end = cut if cut > start else end
-                chunks.append(text[start:end])
+                if text[start:end].strip():
+                    chunks.append(text[start:end].strip())
                 if end >= len(text):
                     break
                 start = max(end - (size - step), start + 1)
-            result.append(chunks)
+            result.append(chunks or [text])
         return result
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self._dimensions or 0), dtype=np.float32)
         batch = max(1, min(batch_size, MAX_INPUTS_PER_REQUEST))
         vectors = [v for start in range(0, len(texts), batch) for v in self._request(list(texts[start:start + batch]))]
         result = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
