@@ -125,6 +125,8 @@ class CreateSearchIndex(SemsearchDDL):
         named = {"distance": o.distance, "ts_config": o.ts_config, "chunk_tokens": o.chunk_tokens,
                  "chunk_overlap": o.chunk_overlap, "hnsw_m": o.hnsw_m, "hnsw_ef_construction": o.hnsw_ef_construction,
                  "bm25_k1": float(o.bm25_k1), "bm25_b": float(o.bm25_b)}
+        if o.storage != "vector":  # (the default, left out so that existing migrations render as before)
+            named["storage"] = o.storage
         args += [f"{k} => {sql_literal(v)}" for k, v in named.items()]
         o.check_weights(self.columns)
         if o.weights:

@@ -170,7 +170,7 @@ def _registry(connection) -> dict[str, IndexDefinition]:
     rows = connection.execute(text(
         """SELECT i.name, c.relname, n.nspname, i.columns::text[] AS columns, i.model, i.dimensions, i.distance,
                   i.ts_config::text AS ts_config, i.chunk_tokens, i.chunk_overlap, i.hnsw_m, i.hnsw_ef_construction,
-                  i.bm25_k1, i.bm25_b, (SELECT jsonb_object_agg(c, w) FROM unnest(i.columns::text[], i.column_weights) u(c, w)
+                  i.bm25_k1, i.bm25_b, i.storage, (SELECT jsonb_object_agg(c, w) FROM unnest(i.columns::text[], i.column_weights) u(c, w)
                                               WHERE i.column_weights IS NOT NULL)
                       AS weights,
                   n.nspname = current_schema() AS in_default_schema
@@ -183,7 +183,7 @@ def _registry(connection) -> dict[str, IndexDefinition]:
                          ts_config=r["ts_config"], chunk_tokens=r["chunk_tokens"],
                          chunk_overlap=r["chunk_overlap"], hnsw_m=r["hnsw_m"],
                          hnsw_ef_construction=r["hnsw_ef_construction"], weights=r["weights"],
-                         bm25_k1=r["bm25_k1"], bm25_b=r["bm25_b"]))
+                         bm25_k1=r["bm25_k1"], bm25_b=r["bm25_b"], storage=r["storage"]))
         for r in rows
     }
 
@@ -211,7 +211,7 @@ def _compare_search_indexes(autogen_context, upgrade_ops, schemas) -> None:
         wanted_options, have_options = wanted.options.with_dimensions(), have.options
         if ((wanted.table, wanted.schema) != (have.table, have.schema)
                 or any(getattr(wanted_options, k) != getattr(have_options, k)
-                       for k in ("model", "dimensions", "distance"))):
+                       for k in ("model", "dimensions", "distance", "storage"))):
             upgrade_ops.ops.append(DropSearchIndexOp(name, _reverse=_create_op(have)))
             upgrade_ops.ops.append(_create_op(wanted))
             continue

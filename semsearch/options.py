@@ -17,6 +17,7 @@ KNOWN_DIMENSIONS = {DEFAULT_MODEL: 384, "sentence-transformers/all-MiniLM-L6-v2"
 # 0.670). chunk_tokens=None means this, or the model's window for other models.
 KNOWN_CHUNK_TOKENS = {DEFAULT_MODEL: 128, "sentence-transformers/all-MiniLM-L6-v2": 128}
 DISTANCES = ("cosine", "l2", "inner_product")
+STORAGES = ("vector", "halfvec")  # the store's vector type: float4 or float2 (pgvector's halfvec)
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class IndexOptions:
     chunk in tokens (None: the length a known model was trained on, else the model's window). chunk_overlap: tokens shared by consecutive chunks.
     hnsw_m, hnsw_ef_construction: HNSW build parameters. weights: the keyword arm's weight per column
     (a dict such as {"title": 2.0}; columns left out weigh 1). bm25_k1, bm25_b: BM25's term-frequency
-    saturation and length normalisation.
+    saturation and length normalisation. storage: "vector" (float4) or "halfvec" (float2: half the
+    store and HNSW size, for large models).
     """
 
     model: str = DEFAULT_MODEL
@@ -43,8 +45,11 @@ class IndexOptions:
     weights: tuple[tuple[str, float], ...] | None = None
     bm25_k1: float = 0.9
     bm25_b: float = 0.4
+    storage: str = "vector"
 
     def __post_init__(self):
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, not {self.distance!r}")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:

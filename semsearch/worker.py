@@ -20,6 +20,7 @@ from typing import Callable
 
 import psycopg
 from psycopg import sql
+from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 from psycopg.rows import namedtuple_row
 
@@ -56,13 +57,14 @@ class IndexSpec:
     store_table: str
     problem: str | None
     model_revision: str | None
+    storage: str
 
 
 def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> list[IndexSpec]:
     rows = conn.execute(
         """SELECT i.id, i.name, n.nspname, c.relname, i.columns::text[],
                   i.model, i.dimensions, i.chunk_tokens, i.chunk_overlap, i.store_table, i.problem,
-                  i.model_revision
+                  i.model_revision, i.storage
              FROM semsearch.indexes i
              JOIN pg_class c ON c.oid = i.source
              JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -615,9 +617,9 @@ class Worker:
             with conn.cursor().copy(sql.SQL(
                     "COPY semsearch.{} (key, chunk, content, embedding, model, content_hash) FROM STDIN (FORMAT BINARY)"
             ).format(store)) as copy:
-                copy.set_types(["text", "int4", "text", "vector", "text", "bytea"])
+                copy.set_types(["text", "int4", "text", ix.storage, "text", "bytea"])
                 for row in rows:
-                    copy.write_row(row)
+                    copy.write_row(row if ix.storage == "vector" else row[:3] + (HalfVector(row[3]),) + row[4:])
             return
         columns = list(zip(*rows))
         conn.execute(sql.SQL(

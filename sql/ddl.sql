@@ -44,10 +44,23 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      WHERE e.extname = 'vector'
 $$;
 
-CREATE OR REPLACE FUNCTION semsearch.hnsw_operator_class(distance text)
+-- Signatures this version replaced (a new trailing argument would otherwise make calls ambiguous).
+DO $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p
+               WHERE p.pronamespace = 'semsearch'::regnamespace
+                 AND ((p.proname = 'create_index' AND NOT p.proargnames && ARRAY['storage'])
+                      OR (p.proname = 'hnsw_operator_class' AND p.pronargs = 1)) LOOP
+        EXECUTE format('DROP FUNCTION %s', fn);
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION semsearch.hnsw_operator_class(distance text, storage text)
 RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT semsearch.vector_schema() || '.' ||
-           CASE distance WHEN 'cosine' THEN 'vector_cosine_ops' WHEN 'l2' THEN 'vector_l2_ops' ELSE 'vector_ip_ops' END
+    SELECT semsearch.vector_schema() || '.' || storage ||
+           CASE distance WHEN 'cosine' THEN '_cosine_ops' WHEN 'l2' THEN '_l2_ops' ELSE '_ip_ops' END
 $$;
 
 -- Column numbers of the given column names in a table (NULL when one is missing).
@@ -192,7 +205,7 @@ BEGIN
         EXECUTE format('DROP INDEX semsearch.%I', ix.store_table || '_hnsw');
     END IF;
     EXECUTE format('CREATE INDEX %I ON semsearch.%I USING hnsw (embedding %s) WITH (m = %s, ef_construction = %s)',
-                   ix.store_table || '_hnsw', ix.store_table, semsearch.hnsw_operator_class(ix.distance),
+                   ix.store_table || '_hnsw', ix.store_table, semsearch.hnsw_operator_class(ix.distance, ix.storage),
                    ix.hnsw_m, ix.hnsw_ef_construction);
 END $$;
 
@@ -268,7 +281,8 @@ CREATE OR REPLACE FUNCTION semsearch.create_index(
     hnsw_ef_construction integer DEFAULT {{hnsw_ef_construction}},
     weights         jsonb DEFAULT NULL,  -- keyword weight per column, e.g. '{"title": 2}' (others: 1)
     bm25_k1         float8 DEFAULT {{bm25_k1}},
-    bm25_b          float8 DEFAULT {{bm25_b}}
+    bm25_b          float8 DEFAULT {{bm25_b}},
+    storage         text DEFAULT {{storage}}  -- the store's vector type: vector (float4) or halfvec (float2)
 ) RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     ix       semsearch.indexes;
@@ -298,6 +312,9 @@ BEGIN
     IF distance NOT IN ('cosine', 'l2', 'inner_product') THEN
         RAISE EXCEPTION 'unknown distance "%"', distance USING HINT = 'Use cosine, l2 or inner_product.';
     END IF;
+    IF storage IS NULL OR storage NOT IN ('vector', 'halfvec') THEN
+        RAISE EXCEPTION 'unknown storage "%"', storage USING HINT = 'Use vector (float4) or halfvec (float2).';
+    END IF;
     IF columns IS NULL OR cardinality(columns) = 0 THEN
         RAISE EXCEPTION 'semsearch index "%" needs at least one column', index_name;
     END IF;
@@ -322,9 +339,10 @@ BEGIN
         ix := NULL;
     END IF;
     IF ix.id IS NOT NULL THEN
-        IF ix.source <> source OR ix.model <> model OR ix.dimensions <> dimensions OR ix.distance <> distance THEN
-            RAISE EXCEPTION 'semsearch index "%" already exists with source %, model %, % dimensions, % distance',
-                index_name, ix.source, ix.model, ix.dimensions, ix.distance
+        IF ix.source <> source OR ix.model <> model OR ix.dimensions <> dimensions OR ix.distance <> distance
+           OR ix.storage <> storage THEN
+            RAISE EXCEPTION 'semsearch index "%" already exists with source %, model %, % dimensions, % distance, % storage',
+                index_name, ix.source, ix.model, ix.dimensions, ix.distance, ix.storage
                 USING HINT = 'Drop it first with SELECT semsearch.drop_index(''' || index_name || ''') '
                              '(its embeddings are recomputed), or give the new declaration another name.';
         END IF;
@@ -354,10 +372,10 @@ BEGIN
 
     INSERT INTO semsearch.indexes (name, source, key_columns, columns, column_attnums, model, dimensions, distance,
                                    ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, store_table,
-                                   column_weights, bm25_k1, bm25_b)
+                                   column_weights, bm25_k1, bm25_b, storage)
     VALUES (index_name, source, key_cols, columns, semsearch.column_numbers(source, columns), model, dimensions,
             distance, ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, 'store_' || index_name,
-            column_weights, bm25_k1, bm25_b)
+            column_weights, bm25_k1, bm25_b, storage)
     RETURNING * INTO ix;
 
     -- Store: one row per chunk. semsearch never writes to the application's table.
@@ -366,12 +384,12 @@ BEGIN
             key          text NOT NULL,
             chunk        integer NOT NULL,
             content      text NOT NULL,
-            embedding    %s.vector(%s) NOT NULL,
+            embedding    %s.%s(%s) NOT NULL,
             model        text NOT NULL,
             content_hash bytea NOT NULL,
             embedded_at  timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (key, chunk)
-        )$$, ix.store_table, semsearch.vector_schema(), dimensions);
+        )$$, ix.store_table, semsearch.vector_schema(), storage, dimensions);
     PERFORM semsearch.build_keyword_tables(ix);
     PERFORM semsearch.build_hnsw(ix);
     PERFORM semsearch.apply_access(ix);

@@ -1,0 +1,64 @@
+"""halfvec storage: the store keeps float2 vectors (half the size), its HNSW index is built on them and
+searches use it, with the same results as float4 storage; through create_all, the worker and the ORM."""
+from __future__ import annotations
+
+from sqlalchemy import create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from semsearch import SearchIndex
+from semsearch.database import sqlalchemy_url
+
+from .helpers import drain
+
+TOPICS = ["The office printer jams on double-sided pages.", "The VPN drops every hour when working from home.",
+          "I cannot reset my password: the email never arrives.", "My laptop battery drains in two hours."]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Full(Base):
+    __tablename__ = "storage_full"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+    search = SearchIndex("body")
+
+
+class Half(Base):
+    __tablename__ = "storage_half"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+    search = SearchIndex("body", storage="halfvec")
+
+
+def test_halfvec_store_is_half_the_size_and_searches_alike(db_url, conn):
+    engine = create_engine(sqlalchemy_url(db_url))
+    Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        for model in (Full, Half):
+            s.add_all(model(id=i, body=f"{TOPICS[i % 4]} Ticket {i} of the help desk queue.") for i in range(1, 401))
+        s.commit()
+    drain(db_url)
+    assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attname = 'embedding' "
+                        "AND attrelid = 'semsearch.store_storage_half_search'::regclass").fetchone() == ("halfvec(384)",)
+    assert "halfvec_cosine_ops" in conn.execute(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'store_storage_half_search_hnsw'").fetchone()[0]
+    vector = "[" + ",".join(["0.05"] * 384) + "]"
+    plan = "\n".join(r[0] for r in conn.execute(
+        "SELECT * FROM semsearch.explain('storage_half_search', 'semantic', 'x', %s::vector)", (vector,)))
+    assert "Index Scan using store_storage_half_search_hnsw" in plan, plan
+
+    with Session(engine) as s:
+        for query in ("my password reset email", "printer jams", "battery life"):
+            full = [(t.id, round(score, 2)) for t, score in s.execute(Full.search.semantic(query, limit=8))]
+            half = [(t.id, round(score, 2)) for t, score in s.execute(Half.search.semantic(query, limit=8))]
+            assert {i % 4 for i, _ in half} == {i % 4 for i, _ in full} and len({i % 4 for i, _ in half}) == 1
+            assert [score for _, score in half] == [score for _, score in full]
+            assert [t.id for t, *_ in s.execute(Half.search.hybrid(query, limit=5))] == \
+                [t.id for t, *_ in s.execute(Full.search.hybrid(query, limit=5))]
+    vectors = dict(conn.execute(
+        "SELECT index_name, pg_relation_size(format('semsearch.store_%s_hnsw', index_name)::regclass) "
+        "FROM semsearch.status").fetchall())
+    assert vectors["storage_half_search"] < 0.7 * vectors["storage_full_search"]
+    engine.dispose()
