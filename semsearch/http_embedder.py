@@ -11,7 +11,6 @@ else OPENAI_API_KEY; a local server needs none). The base URL's query string may
 from __future__ import annotations
 
 import os
-import threading
 from typing import Sequence
 from urllib.parse import parse_qsl, urlsplit
 
@@ -67,7 +66,6 @@ class OpenAIEmbedder:
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
         self._dimensions = dimensions
-        self._lock = threading.Lock()
 
     @property
     def dimensions(self) -> int:
