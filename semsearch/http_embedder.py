@@ -61,10 +61,10 @@ class OpenAIEmbedder:
         self.name = spec
         self.revision = ""  # the server's to keep: the spec names the model
         self.model, base_url, timeout, max_retries = parse_spec(spec)
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         api_key = os.environ.get("SEMSEARCH_EMBEDDINGS_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        self.base_url = str(self.client.base_url)  # (with OPENAI_BASE_URL or the client's default filled in)
         self._dimensions = dimensions
 
     @property

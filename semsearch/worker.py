@@ -560,6 +560,7 @@ class Worker:
             sql.SQL("SELECT key, content_hash FROM semsearch.{} WHERE key = ANY(%s) AND chunk = 0")
             .format(sql.Identifier(ix.store_table)), ([i.key for i in present],)).fetchall())
 
+        model = model_id(embedder)
         changed: list[Item] = []
         failed: list[tuple[Item, str, bool]] = []  # item, reason, permanent
         for item in present:
@@ -571,7 +572,7 @@ class Worker:
                 failed.append((item, f"text too long: {len(item.text)} characters, over the worker's max_text_chars "
                                      f"({self.max_text_chars}); raise it (--max-text-chars) to embed it", True))
                 continue
-            item.hash = content_hash(model_id(embedder), ix.chunk_tokens, ix.chunk_overlap, item.text)
+            item.hash = content_hash(model, ix.chunk_tokens, ix.chunk_overlap, item.text)
             if current.get(item.key) != item.hash:  # else: already embedded from exactly this text
                 changed.append(item)
 
@@ -597,7 +598,7 @@ class Worker:
         if stale:
             conn.execute(sql.SQL("DELETE FROM semsearch.{} WHERE key = ANY(%s)").format(store), (stale,))
         if embedded:
-            rows = [(item.key, n, chunk, vector, model_id(embedder), item.hash)
+            rows = [(item.key, n, chunk, vector, model, item.hash)
                     for item in embedded for n, (chunk, vector) in enumerate(zip(item.chunks, vectors[item.key]))]
             self._write_store(conn, ix, rows)
         settled = [i.key for i in items if i.key not in failed_keys]

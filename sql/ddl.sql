@@ -44,7 +44,8 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      WHERE e.extname = 'vector'
 $$;
 
--- Signatures this version replaced (a new trailing argument would otherwise make calls ambiguous).
+-- Signatures this version replaced, here and in search.sql (installed after this file): a new trailing
+-- argument would otherwise make calls ambiguous, and CREATE OR REPLACE cannot rename an argument.
 DO $$
 DECLARE
     fn regprocedure;
@@ -52,7 +53,15 @@ BEGIN
     FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p
                WHERE p.pronamespace = 'semsearch'::regnamespace
                  AND ((p.proname = 'create_index' AND NOT p.proargnames && ARRAY['storage'])
-                      OR (p.proname = 'hnsw_operator_class' AND p.pronargs = 1)) LOOP
+                      OR (p.proname = 'hnsw_operator_class' AND p.pronargs = 1)
+                      OR p.proname IN ('arm_sql', 'fusion_value')
+                      OR (p.proname IN ('semantic_search', 'keyword_search', 'explain')
+                          AND NOT p.proargnames && ARRAY['filter_keys'])
+                      OR (p.proname IN ('hybrid_search', 'check_search_args') AND NOT p.proargnames && ARRAY['fusion'])
+                      OR (p.proname = 'keyword_arm' AND NOT p.proargnames && ARRAY['rescored'])
+                      OR (p.proname = 'keyword_sql' AND NOT p.proargnames && ARRAY['scoring'])
+                      OR (p.proname = 'chunk_rows' AND p.pronargs = 1)
+                      OR (p.proname = 'cover_ef_search' AND p.proargnames = ARRAY['candidates'])) LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;
 END $$;

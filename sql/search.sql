@@ -3,26 +3,6 @@
 -- Filters apply inside each arm, before its top candidates are taken: filter_keys is the array of keys
 -- a row must have (the ORM's filter= passes ARRAY(SELECT <key> FROM <table> WHERE <filter>)).
 
--- Signatures this version replaced (a new trailing argument would otherwise make calls ambiguous).
-DO $$
-DECLARE
-    fn regprocedure;
-BEGIN
-    FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p
-               WHERE p.pronamespace = 'semsearch'::regnamespace
-                 AND (p.proname = 'arm_sql'
-                      OR (p.proname IN ('semantic_search', 'keyword_search', 'explain')
-                          AND NOT p.proargnames && ARRAY['filter_keys'])
-                      OR (p.proname IN ('hybrid_search', 'check_search_args') AND NOT p.proargnames && ARRAY['fusion'])
-                      OR p.proname = 'fusion_value'
-                      OR (p.proname = 'keyword_arm' AND NOT p.proargnames && ARRAY['rescored'])
-                      OR (p.proname = 'keyword_sql' AND NOT p.proargnames && ARRAY['scoring'])
-                      OR (p.proname = 'chunk_rows' AND p.pronargs = 1)
-                      OR (p.proname = 'cover_ef_search' AND p.proargnames = ARRAY['candidates'])) LOOP
-        EXECUTE format('DROP FUNCTION %s', fn);
-    END LOOP;
-END $$;
-
 -- Search arguments in range, with errors that say so (not DivisionByZero or integer overflow).
 CREATE OR REPLACE FUNCTION semsearch.check_search_args(match_count integer, candidates integer DEFAULT NULL,
     rrf_k integer DEFAULT 60, semantic_weight float8 DEFAULT 1, keyword_weight float8 DEFAULT 1,
@@ -132,8 +112,8 @@ END $$;
 -- row_number()): rows that score the same, duplicates say, are all in or all out of an arm whatever
 -- its depth, so fusion never keeps one and drops its twin. The search functions then cut to
 -- match_count, ties in key order, shorter keys first (numeric order for integer keys; the ORM's
--- queries order them the same way, so a longer limit only adds rows after a shorter one's). (Not the HNSW scan's own cut: that graph search is approximate
--- anyway, and asking it for the ties costs a third more.)
+-- queries order them the same way, so a longer limit only adds rows after a shorter one's). Not the
+-- HNSW scan's own cut: that graph search is approximate anyway, and asking it for ties costs a third more.
 CREATE OR REPLACE FUNCTION semsearch.semantic_sql(ix semsearch.indexes, filtered boolean DEFAULT false,
     exact boolean DEFAULT false)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -424,14 +404,15 @@ CREATE OR REPLACE FUNCTION semsearch.explain(
 RETURNS SETOF text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes := semsearch.lookup_index(index_name);
+    chunk_rows integer := semsearch.chunk_rows(ix, candidates);
 BEGIN
     PERFORM semsearch.check_search_args(candidates);
     IF arm = 'semantic' THEN
         PERFORM semsearch.check_query_vector(ix, query_embedding);
-        PERFORM semsearch.cover_ef_search(semsearch.chunk_rows(ix, candidates));
+        PERFORM semsearch.cover_ef_search(chunk_rows);
         RETURN QUERY EXECUTE 'EXPLAIN ' || semsearch.semantic_sql(ix, filter_keys IS NOT NULL,
                                                                   cardinality(filter_keys) <= {{exact_filter_keys}})
-            USING query_embedding, candidates, filter_keys, semsearch.chunk_rows(ix, candidates);
+            USING query_embedding, candidates, filter_keys, chunk_rows;
     ELSIF arm = 'keyword' THEN
         PERFORM semsearch.check_keyword_syntax(syntax);
         RETURN QUERY EXECUTE 'EXPLAIN ' || semsearch.keyword_sql(ix, syntax, semsearch.keyword_plan(syntax, filter_keys),
