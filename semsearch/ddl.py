@@ -18,8 +18,8 @@ from .options import IndexOptions, sql_defaults
 _PACKAGE = Path(__file__).resolve().parent
 
 # Tables first, in version order; then the functions, each file needing only those before it.
-SCHEMA_FILES = ("0001_schema.sql", "0002_keywords.sql", "0003_model_revision.sql")
-FUNCTION_FILES = ("keys.sql", "queue.sql", "keywords.sql", "ddl.sql", "search.sql", "status.sql", "access.sql")
+SCHEMA_FILES = ("0001_schema.sql", "0002_keywords.sql", "0003_model_revision.sql", "0004_versions.sql")
+FUNCTION_FILES = ("keys.sql", "queue.sql", "keywords.sql", "ddl.sql", "versions.sql", "search.sql", "status.sql", "access.sql")
 
 
 def sql_dir() -> Path:

@@ -99,7 +99,7 @@ class SearchIndex:
                                options=self.options)
 
     def embed_query(self, query: str):
-        """The query's embedding by this index's model (a numpy array), e.g. for the SQL functions."""
+        """The query's embedding by the model this index serves (a numpy array), e.g. for the SQL functions."""
         from .query import embed_query
 
         return embed_query(self, query)
@@ -133,22 +133,24 @@ class SearchIndex:
 
     async def asemantic(self, query: str | None = None, *, vector=None, limit: int = 10,
                         candidates: int | None = None, filter=None) -> Select:
-        from .query import embed_query_async
+        from .query import embed_for_search_async, semantic
 
+        model = None
         if vector is None:
-            vector = await embed_query_async(self, query)
-        return self.semantic(vector=vector, limit=limit, candidates=candidates, filter=filter)
+            model, vector = await embed_for_search_async(self, query)
+        return semantic(self, vector=vector, limit=limit, candidates=candidates, filter=filter, query_model=model)
 
     async def akeyword(self, query: str, *, limit: int = 10, candidates: int | None = None,
                        syntax: str = "or", filter=None) -> Select:
         return self.keyword(query, limit=limit, candidates=candidates, syntax=syntax, filter=filter)
 
     async def ahybrid(self, query: str, *, vector=None, limit: int = 10, **options) -> Select:
-        from .query import embed_query_async
+        from .query import embed_for_search_async, hybrid
 
+        model = None
         if vector is None:
-            vector = await embed_query_async(self, query)
-        return self.hybrid(query, vector=vector, limit=limit, **options)
+            model, vector = await embed_for_search_async(self, query)
+        return hybrid(self, query, vector=vector, limit=limit, query_model=model, **options)
 
 
 @event.listens_for(Mapper, "instrument_class")

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
+import psycopg
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import Float, Integer, Select, Text, and_, cast, column, func, literal, select
+from sqlalchemy import Engine, Float, Integer, Select, Text, and_, cast, column, event, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
 
 from .embedder import get_embedder
@@ -37,20 +40,65 @@ def clean_query(query: str) -> str:
     return query[:MAX_QUERY_CHARS]
 
 
+SERVING_MODEL_SECONDS = 5.0  # how long a process trusts what it read of an index's current model
+_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_serving: dict[str, tuple[str, int | None, float]] = {}  # index name -> (model, dimensions, read at)
+
+
+@event.listens_for(Engine, "engine_connect")
+def _remember_engine(connection) -> None:
+    """The engines of this process, to ask which model an index serves (see serving_model)."""
+    _engines.add(connection.engine)
+
+
+def _read_serving(engine: Engine, name: str) -> tuple[str, int]:
+    query = "SELECT model, dimensions FROM semsearch.lookup_index(%(name)s)"
+    if engine.dialect.is_async:  # its connections belong to an event loop: ask over a connection of our own
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            return tuple(conn.execute(query, {"name": name}).fetchone())
+    with engine.connect() as conn:
+        return tuple(conn.exec_driver_sql(query, {"name": name}).one())
+
+
+def serving_model(index: "SearchIndex") -> tuple[str, int | None]:
+    """The model (and dimensions) of the index's current version, as its database says: queries are
+    embedded with it, so they keep working while a new model is built and right after the switch.
+    Read from an engine of this process every SERVING_MODEL_SECONDS; the declared model until one answers."""
+    entry = _serving.get(index.name)
+    if entry is not None and time.monotonic() - entry[2] < SERVING_MODEL_SECONDS:
+        return entry[0], entry[1]
+    model, dimensions = index.model, index.options.dimensions
+    for engine in list(_engines):
+        try:
+            model, dimensions = _read_serving(engine, index.name)
+            break
+        except Exception:  # not this engine's database (or it is down): the declared model meanwhile
+            continue
+    _serving[index.name] = (model, dimensions, time.monotonic())
+    return model, dimensions
+
+
 def embed_query(index: "SearchIndex", query: str):
-    """The query's embedding by the index's model (loads the model on first use)."""
-    return get_embedder(index.model).encode([clean_query(query)])[0]
+    """The query's embedding by the model the index serves (loads the model on first use)."""
+    return embed_for_search(index, query)[1]
 
 
-async def embed_query_async(index: "SearchIndex", query: str):
-    """embed_query in a worker thread: the event loop keeps serving while the model runs."""
-    return await asyncio.to_thread(embed_query, index, query)
+def embed_for_search(index: "SearchIndex", query: str):
+    """(model, embedding): the model is passed to the search functions with the vector it made."""
+    model = serving_model(index)[0]
+    return model, get_embedder(model).encode([clean_query(query)])[0]
+
+
+async def embed_for_search_async(index: "SearchIndex", query: str):
+    """embed_for_search in a worker thread: the event loop keeps serving while the model runs."""
+    return await asyncio.to_thread(embed_for_search, index, query)
 
 
 def _vector_param(index: "SearchIndex", vector):
     """The query vector as a bound parameter, checked with numpy (it is on the path of every query)."""
     values = np.asarray(vector, dtype=np.float32).ravel()
-    expected = index.options.dimensions
+    expected = serving_model(index)[1]
     if expected is not None and len(values) != expected:
         raise InvalidQuery(f"index {index.name!r} holds {expected}-dimensional vectors; "
                            f"the query vector has {len(values)}")
@@ -129,12 +177,15 @@ _ARM_COLUMNS = (column("key", Text), column("score", Float), column("rank", Inte
 
 
 def semantic(index: "SearchIndex", query: str | None = None, *, vector=None, limit: int = 10,
-             candidates: int | None = None, filter=None) -> Select:
+             candidates: int | None = None, filter=None, query_model: str | None = None) -> Select:
+    """query_model: the model that made `vector` (None for a caller's vector: the index's, or the one
+    it served just before a switch, by its dimensions)."""
     window = _window(limit, candidates)
+    model = query_model
     if vector is None:
-        vector = embed_query(index, query)
+        model, vector = embed_for_search(index, query)
     results = func.semsearch.semantic_search(
-        index.name, _vector_param(index, vector), window, filter_keys(index, filter)
+        index.name, _vector_param(index, vector), window, filter_keys(index, filter), model
     ).table_valued(*_ARM_COLUMNS)
     return _rank(index, results, limit)
 
@@ -151,7 +202,7 @@ def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, ca
            semantic_candidates: int | None = None, keyword_candidates: int | None = None,
            fusion: str = DEFAULT_FUSION, rrf_k: int = DEFAULT_RRF_K, semantic_weight: float = DEFAULT_SEMANTIC_WEIGHT,
            keyword_weight: float = DEFAULT_KEYWORD_WEIGHT, keyword_syntax: str = "or", filter=None,
-           arm_scores: bool = False) -> Select:
+           arm_scores: bool = False, query_model: str | None = None) -> Select:
     """arm_scores=True adds each arm's rank and score to every row (semantic_rank, semantic_score,
     keyword_rank, keyword_score), to tune weights with. A rank is None where the row was not among that
     arm's own candidates (rows that score the same share a rank); with the score fusions each arm still
@@ -162,11 +213,12 @@ def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, ca
     _fusion(fusion, rrf_k, semantic_weight, keyword_weight)
     _syntax(keyword_syntax)
     query = clean_query(query)
+    model = query_model
     if vector is None:
-        vector = embed_query(index, query)
+        model, vector = embed_for_search(index, query)
     results = func.semsearch.hybrid_search(
         index.name, query, _vector_param(index, vector), limit, None, rrf_k, semantic_weight, keyword_weight,
-        keyword_syntax, filter_keys(index, filter), fusion, semantic_depth, keyword_depth
+        keyword_syntax, filter_keys(index, filter), fusion, semantic_depth, keyword_depth, model
     ).table_valued(column("key", Text), column("score", Float), column("semantic_rank", Integer),
                    column("keyword_rank", Integer), column("semantic_score", Float), column("keyword_score", Float))
     extra = [results.c.semantic_rank, results.c.semantic_score, results.c.keyword_rank,

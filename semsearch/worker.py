@@ -15,7 +15,7 @@ import logging
 import random
 import time
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import psycopg
@@ -28,6 +28,7 @@ from .database import connect, database_url
 from .errors import DatabaseUnavailable, EmbedderUnavailable, ModelUnavailable, SemsearchError
 from .embedder import Embedder, content_hash, forget_embedder, get_embedder, model_id
 from .schema import installed_version, require_installed
+from .versions import VersionBuilder
 
 log = logging.getLogger("semsearch.worker")
 
@@ -58,15 +59,47 @@ class IndexSpec:
     problem: str | None
     model_revision: str | None
     storage: str
+    build_model: str | None = None  # the model of the version being built, if any
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of an index's vectors: where they are stored and what made them."""
+
+    store_table: str
+    model: str
+    dimensions: int
+    storage: str
+
+
+@dataclass(frozen=True)
+class BatchVersions:
+    """What a batch writes, read inside its transaction (semsearch.batch_versions)."""
+
+    current: Version
+    build: Version | None
+    build_phase: str | None
+    build_problem: str | None
+
+    @classmethod
+    def read(cls, conn: psycopg.Connection, index_id: int) -> "BatchVersions":
+        r = conn.execute("SELECT * FROM semsearch.batch_versions(%s)", (index_id,)).fetchone()
+        build = Version(r.build_store, r.build_model, r.build_dimensions, r.build_storage) if r.build_store else None
+        return cls(Version(r.store_table, r.model, r.dimensions, r.storage), build, r.build_phase, r.build_problem)
+
+
+class RegistryChanged(Exception):
+    """The index switched versions since the worker read the registry: read it again."""
 
 
 def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> list[IndexSpec]:
     rows = conn.execute(
         """SELECT i.id, i.name, n.nspname, c.relname, i.columns::text[],
                   i.model, i.dimensions, i.chunk_tokens, i.chunk_overlap, i.store_table, i.problem,
-                  i.model_revision, i.storage
+                  i.model_revision, i.storage, b.model AS build_model
              FROM semsearch.indexes i
              JOIN pg_class c ON c.oid = i.source
+             LEFT JOIN semsearch.builds b ON b.index_id = i.id
              JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE %(names)s::text[] IS NULL OR i.name = ANY(%(names)s)
             ORDER BY i.id""",
@@ -94,7 +127,7 @@ class Item:
     chunks: list[str] | None = None
 
 
-class Worker:
+class Worker(VersionBuilder):
     """Embeds queued rows until stopped (or, with drain=True, until the queue is empty)."""
 
     def __init__(
@@ -109,6 +142,7 @@ class Worker:
         retry_base_seconds: float = 2.0,
         max_chunks: int = 1000,
         max_text_chars: int = 2_000_000,
+        build_rows: int = 256,
         wait_for_database: float = 30.0,
         embedder_factory: Callable[[str], Embedder] = get_embedder,
         on_progress: Callable[[int], None] | None = None,
@@ -123,6 +157,7 @@ class Worker:
         self.retry_base_seconds = retry_base_seconds
         self.max_chunks = max_chunks
         self.max_text_chars = max_text_chars  # longer texts are refused before tokenizing (memory bound)
+        self.build_rows = build_rows  # rows per step of a new version's build
         self.wait_for_database = wait_for_database
         self.embedder_factory = embedder_factory
         self.on_progress = on_progress  # called with the number of keys each batch settled
@@ -135,9 +170,10 @@ class Worker:
         self._errors: list[BaseException] = []
         self._problems: dict[str, tuple[str, float]] = {}  # index name -> (why it is unusable, since)
         self._model_problems: set[str] = set()  # unusable indexes whose keywords can still be indexed
-        self._store_rls: dict[int, bool] = {}  # index id -> row-level security applies to our store writes
+        self._store_rls: dict[str, bool] = {}  # store table -> row-level security applies to our writes
         self._outages: dict[str, tuple[float, float]] = {}  # index name -> (next try at, wait after that)
         self._revisions: dict[int, str] = {}  # index id -> model revision recorded in the registry
+        self._build_retry: dict[int, float] = {}  # index id -> when to try a stopped build's model again
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -296,10 +332,25 @@ class Worker:
                     except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedColumn) as exc:
                         conn.rollback()  # the table changed under the index, or rights were taken away
                         self._report_unusable(conn, ix, IndexUnusable(str(exc).strip()))
+                for ix in usable:  # new versions, between batches
+                    if ix.build_model is None or (ix.name in self._outages
+                                                  and time.monotonic() < self._outages[ix.name][0]):
+                        continue
+                    try:
+                        done += self.build_step(conn, ix)
+                    except EmbedderUnavailable as exc:
+                        conn.rollback()
+                        self._outage(conn, ix, exc)
+                    except psycopg.errors.LockNotAvailable:
+                        conn.rollback()
             except psycopg.errors.UndefinedTable as exc:  # an index was dropped meanwhile
                 log.warning("re-reading the index registry: %s", str(exc).strip())
                 indexes = None
                 self._sleep(0.5)
+                continue
+            except RegistryChanged:  # a version switch: its new store and model from now on
+                conn.rollback()
+                indexes = None
                 continue
             if done:
                 if waiting:
@@ -312,8 +363,10 @@ class Worker:
             pending, next_due = self._pending(conn, self._usable(indexes))
             indexes = None
             if drain and not pending:
-                if self._problems:
-                    raise IndexUnusable("; ".join(f"{name}: {problem}" for name, (problem, _) in self._problems.items())
+                problems = {name: problem for name, (problem, _) in self._problems.items()}
+                problems.update(self._stopped_builds(conn))
+                if problems:
+                    raise IndexUnusable("; ".join(f"{name}: {problem}" for name, problem in problems.items())
                                         + "\nThe other indexes are done; fix these and run the worker again.")
                 return True
             if self._outages:  # try the embedding service again when its wait is over
@@ -337,6 +390,7 @@ class Worker:
             if not problem:
                 conn.execute("SELECT semsearch.refresh_keyword_stats(%s, compact => true)", (ix.id,))
                 conn.commit()
+                self.drop_retired(conn, ix)
             if problem:
                 self._report_unusable(conn, ix, IndexUnusable(problem))
             elif ix.name in self._problems and self._problems[ix.name][0].startswith("table changed"):
@@ -417,13 +471,22 @@ class Worker:
                     self.on_queued(queued)
                 log.info("backfill of %s: queued %d more rows", ix.name, queued)
 
+    def _stopped_builds(self, conn: psycopg.Connection) -> dict[str, str]:
+        rows = conn.execute(
+            """SELECT i.name, b.problem FROM semsearch.builds b JOIN semsearch.indexes i ON i.id = b.index_id
+                WHERE b.problem IS NOT NULL AND (%s::text[] IS NULL OR i.name = ANY(%s))""",
+            (self.index_names, self.index_names)).fetchall()
+        conn.commit()
+        return {r[0]: f"its new version cannot be built: {r[1]}" for r in rows}
+
     @staticmethod
     def _pending(conn: psycopg.Connection, indexes: list[IndexSpec]) -> tuple[int, float]:
         """Work left (queue rows and requested backfills), and seconds until the earliest may run."""
         ids = [ix.id for ix in indexes]
         count, due = conn.execute(
             """SELECT (SELECT count(*) FROM semsearch.queue WHERE index_id = ANY(%(ids)s))
-                    + (SELECT count(*) FROM semsearch.indexes WHERE id = ANY(%(ids)s) AND backfill_pending),
+                    + (SELECT count(*) FROM semsearch.indexes WHERE id = ANY(%(ids)s) AND backfill_pending)
+                    + (SELECT count(*) FROM semsearch.builds WHERE index_id = ANY(%(ids)s) AND problem IS NULL),
                       coalesce((SELECT extract(epoch FROM min(run_after) - now()) FROM semsearch.queue
                                  WHERE index_id = ANY(%(ids)s)), 0)::float8""", {"ids": ids}).fetchone()
         conn.commit()
@@ -459,6 +522,32 @@ class Worker:
             self._revisions[ix.id] = revision
         return embedder
 
+    def _build_embedder(self, model: str) -> Embedder | None:
+        """The model of a version being built, or None when it cannot be loaded (checked per batch)."""
+        try:
+            return self.embedder(model)
+        except ModelUnavailable:
+            return None
+
+    def _checked_build_embedder(self, conn: psycopg.Connection, ix: IndexSpec, build: Version) -> Embedder | None:
+        """The build's model, checked against the build: a model that cannot be loaded or makes other
+        vectors stops the build (status says why), never the current version."""
+        try:
+            embedder = self.embedder(build.model)
+            problem = None if embedder.dimensions == build.dimensions else (
+                f"model {build.model!r} makes {embedder.dimensions}-dimensional vectors, not {build.dimensions}: "
+                f"change the index again with dimensions={embedder.dimensions}")
+        except ModelUnavailable as exc:
+            embedder, problem = None, str(exc)
+        if problem:
+            with self._embedders_lock:
+                self._embedders.pop(build.model, None)
+            forget_embedder(build.model)
+            log.error("index %s: the new version cannot be built (the current one keeps serving): %s", ix.name, problem)
+            conn.execute("SELECT semsearch.record_build_problem(%s, %s)", (ix.id, problem))
+            return None
+        return embedder
+
     # -- one batch ---------------------------------------------------------------------------
 
     def process_keywords(self, conn: psycopg.Connection, ix: IndexSpec) -> int:
@@ -492,11 +581,17 @@ class Worker:
 
     def process_batch(self, conn: psycopg.Connection, ix: IndexSpec) -> int:
         """Claim and process up to batch_size queued keys; returns how many keys were settled."""
-        embedder = self._index_embedder(conn, ix)  # load the model before claiming anything: claimed keys never wait
+        # Load the models before claiming anything: claimed keys never wait.
+        embedder = self._index_embedder(conn, ix)
+        if ix.build_model:
+            self._build_embedder(ix.build_model)
         with conn.transaction():
             # Source table, then store, then queue rows: the order an application's TRUNCATE and drop_index
             # take them in, so a worker never deadlocks with them.
             conn.execute("SELECT semsearch.lock_for_batch(%s)", (ix.id,))
+            versions = BatchVersions.read(conn, ix.id)
+            if versions.current != Version(ix.store_table, ix.model, ix.dimensions, ix.storage):
+                raise RegistryChanged(ix.name)
             claimed = conn.execute(
                 """SELECT id, keys, attempts, queued_at FROM semsearch.queue
                     WHERE index_id = %s AND run_after <= now()
@@ -542,40 +637,75 @@ class Worker:
                 # again later and cost only a hash comparison.
                 conn.execute("DELETE FROM semsearch.queue WHERE id = ANY(%s)",
                              ([row.id for row in taken if locked.issuperset(row.keys)],))
-                self._settle(conn, ix, embedder, list(items.values()))
+                self._settle(conn, ix, embedder, list(items.values()), versions)
         if split:
             return self.process_batch(conn, ix)
         if self.on_progress:
             self.on_progress(len(items))
         return len(items)
 
-    def _settle(self, conn: psycopg.Connection, ix: IndexSpec, embedder: Embedder, items: list[Item]) -> None:
+    def _settle(self, conn: psycopg.Connection, ix: IndexSpec, embedder: Embedder, items: list[Item],
+                versions: BatchVersions) -> None:
         self._clear_problem(conn, ix)
         # Keywords first, whatever happens to the embedding.
         conn.execute("SELECT semsearch.index_keywords(%s, %s)", (ix.id, sorted(i.key for i in items)))
         texts = self._read_source(conn, ix, [i.key for i in items])
         gone = [i.key for i in items if i.key not in texts]
-        present = [i for i in items if i.key in texts]
-        current = dict(conn.execute(
-            sql.SQL("SELECT key, content_hash FROM semsearch.{} WHERE key = ANY(%s) AND chunk = 0")
-            .format(sql.Identifier(ix.store_table)), ([i.key for i in present],)).fetchall())
+        present, failed = self._embeddable(items, texts)
+        failed.extend(self._write_version(conn, ix, versions.current, embedder, present, gone + [f[0].key for f in failed]))
+        failed_keys = {f[0].key for f in failed}
+        if versions.build is not None:
+            # Writes during a build reach both versions: the new one is exact when it becomes current.
+            build_embedder = None if versions.build_problem else self._checked_build_embedder(conn, ix, versions.build)
+            if versions.build_phase == "indexing":  # its HNSW index is being built: embedded just after
+                conn.execute("SELECT semsearch.note_build_keys(%s, %s)", (ix.id, sorted(i.key for i in items)))
+            elif build_embedder is None:  # stopped: its walk starts again, so only remove what changed
+                self._delete_keys(conn, versions.build, [i.key for i in items])
+            else:
+                built = [i for i in present if i.key not in failed_keys]
+                failed.extend(self._write_version(conn, ix, versions.build, build_embedder, built,
+                                                  gone + sorted(failed_keys)))
+                failed_keys = {f[0].key for f in failed}
+        settled = [i.key for i in items if i.key not in failed_keys]
+        if settled:
+            conn.execute("DELETE FROM semsearch.failures WHERE index_id = %s AND key = ANY(%s)", (ix.id, settled))
+        for item, reason, permanent in failed:
+            self._record_failure(conn, ix, item, reason, permanent)
 
-        model = model_id(embedder)
-        changed: list[Item] = []
-        failed: list[tuple[Item, str, bool]] = []  # item, reason, permanent
-        for item in present:
+    def _embeddable(self, items: list[Item], texts: dict[str, str | None]):
+        """The items whose row exists and has text to embed within the worker's limits, and the failures
+        of the others (item, reason, permanent)."""
+        present: list[Item] = []
+        failed: list[tuple[Item, str, bool]] = []
+        for item in items:
+            if item.key not in texts:
+                continue
             item.text = texts[item.key]
             if item.text is None or not item.text.strip():
                 failed.append((item, "nothing to embed: the indexed columns are NULL, empty or blank", True))
-                continue
-            if len(item.text) > self.max_text_chars:
+            elif len(item.text) > self.max_text_chars:
                 failed.append((item, f"text too long: {len(item.text)} characters, over the worker's max_text_chars "
                                      f"({self.max_text_chars}); raise it (--max-text-chars) to embed it", True))
-                continue
-            item.hash = content_hash(model, ix.chunk_tokens, ix.chunk_overlap, item.text)
+            else:
+                present.append(item)
+        return present, failed
+
+    def _write_version(self, conn: psycopg.Connection, ix: IndexSpec, version: Version, embedder: Embedder,
+                       items: list[Item], stale_keys: list[str]) -> list[tuple[Item, str, bool]]:
+        """Embed the items whose text (or model) changed since this version stored them and replace their
+        chunks; remove the vectors of stale_keys (deleted rows, failed items). Returns the failures."""
+        store = sql.Identifier(version.store_table)
+        current = dict(conn.execute(
+            sql.SQL("SELECT key, content_hash FROM semsearch.{} WHERE key = ANY(%s) AND chunk = 0").format(store),
+            ([i.key for i in items],)).fetchall())
+        model = model_id(embedder)
+        changed: list[Item] = []
+        for item in items:
+            item = replace(item, hash=content_hash(model, ix.chunk_tokens, ix.chunk_overlap, item.text), chunks=None)
             if current.get(item.key) != item.hash:  # else: already embedded from exactly this text
                 changed.append(item)
 
+        failed: list[tuple[Item, str, bool]] = []
         to_embed: list[Item] = []
         for item, chunks in zip(changed, self._chunk(embedder, ix, changed)):
             if isinstance(chunks, Exception):
@@ -586,41 +716,37 @@ class Worker:
             else:
                 item.chunks = chunks
                 to_embed.append(item)
-
         vectors, embed_failures = self._embed(embedder, to_embed)
         failed.extend(embed_failures)
         embedded = [i for i in to_embed if i.key in vectors]
-
-        store = sql.Identifier(ix.store_table)
-        failed_keys = {f[0].key for f in failed}
         # A failed item's old vectors describe text it no longer has: never serve them.
-        stale = gone + [i.key for i in embedded] + sorted(failed_keys)
-        if stale:
-            conn.execute(sql.SQL("DELETE FROM semsearch.{} WHERE key = ANY(%s)").format(store), (stale,))
+        self._delete_keys(conn, version, list(stale_keys) + [i.key for i in embedded] + [f[0].key for f in failed])
         if embedded:
             rows = [(item.key, n, chunk, vector, model, item.hash)
                     for item in embedded for n, (chunk, vector) in enumerate(zip(item.chunks, vectors[item.key]))]
-            self._write_store(conn, ix, rows)
-        settled = [i.key for i in items if i.key not in failed_keys]
-        if settled:
-            conn.execute("DELETE FROM semsearch.failures WHERE index_id = %s AND key = ANY(%s)", (ix.id, settled))
-        for item, reason, permanent in failed:
-            self._record_failure(conn, ix, item, reason, permanent)
+            self._write_store(conn, ix, version, rows)
+        return failed
 
-    def _write_store(self, conn: psycopg.Connection, ix: IndexSpec, rows: list[tuple]) -> None:
+    @staticmethod
+    def _delete_keys(conn: psycopg.Connection, version: Version, keys: list[str]) -> None:
+        if keys:
+            conn.execute(sql.SQL("DELETE FROM semsearch.{} WHERE key = ANY(%s)").format(sql.Identifier(version.store_table)),
+                         (sorted(set(keys)),))
+
+    def _write_store(self, conn: psycopg.Connection, ix: IndexSpec, version: Version, rows: list[tuple]) -> None:
         """Binary COPY; or, for a worker role under the store's row-level security (PostgreSQL refuses
         COPY FROM there), one INSERT of unnested arrays."""
-        store = sql.Identifier(ix.store_table)
-        if ix.id not in self._store_rls:
-            self._store_rls[ix.id] = conn.execute("SELECT row_security_active(%s::regclass)",
-                                                  (f"semsearch.{ix.store_table}",)).fetchone()[0]
-        if not self._store_rls[ix.id]:
+        store = sql.Identifier(version.store_table)
+        if version.store_table not in self._store_rls:
+            self._store_rls[version.store_table] = conn.execute("SELECT row_security_active(%s::regclass)",
+                                                                (f"semsearch.{version.store_table}",)).fetchone()[0]
+        if not self._store_rls[version.store_table]:
             with conn.cursor().copy(sql.SQL(
                     "COPY semsearch.{} (key, chunk, content, embedding, model, content_hash) FROM STDIN (FORMAT BINARY)"
             ).format(store)) as copy:
-                copy.set_types(["text", "int4", "text", ix.storage, "text", "bytea"])
+                copy.set_types(["text", "int4", "text", version.storage, "text", "bytea"])
                 for row in rows:
-                    copy.write_row(row if ix.storage == "vector" else row[:3] + (HalfVector(row[3]),) + row[4:])
+                    copy.write_row(row if version.storage == "vector" else row[:3] + (HalfVector(row[3]),) + row[4:])
             return
         columns = list(zip(*rows))
         conn.execute(sql.SQL(

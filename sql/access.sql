@@ -14,10 +14,12 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE SET search_path = pg_catalog, pg_
                                  'or_query', 'distance_operator', 'vector_schema', 'check_query_vector', 'semantic_sql',
                                  'keyword_sql', 'keyword_plan', 'semantic_arm', 'semantic_scores', 'keyword_arm', 'keyword_table',
                                  'bm25_sql', 'chunk_rows', 'cover_ef_search', 'check_search_args', 'keyword_query',
-                                 'check_keyword_syntax']
+                                 'check_keyword_syntax', 'vector_version', 'as_version']
            ELSE ARRAY['read_source', 'backfill_step', 'lock_for_batch', 'source_visibility_problem', 'refresh_index',
                       'lookup_index', 'index_status', 'request_backfill', 'request_backfill_by_id', 'record_model_revision', 'index_keywords',
-                      'refresh_keyword_stats']
+                      'refresh_keyword_stats', 'batch_versions', 'build_walk', 'build_walked', 'build_index',
+                      'note_build_keys', 'take_build_keys', 'record_build_problem', 'finish_build',
+                      'drop_retired_stores', 'build_progress']
            END)
 $$;
 
@@ -40,7 +42,8 @@ BEGIN
             EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON semsearch.queue, semsearch.failures, '
                            'semsearch.listeners TO %I', r.role);
             EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA semsearch TO %I', r.role);
-            EXECUTE format('GRANT SELECT ON semsearch.indexes, semsearch.schema_version, semsearch.status TO %I', r.role);
+            EXECUTE format('GRANT SELECT ON semsearch.indexes, semsearch.schema_version, semsearch.status, semsearch.builds, '
+                           'semsearch.build_keys, semsearch.retired_stores TO %I', r.role);
             EXECUTE format('GRANT UPDATE (problem) ON semsearch.indexes TO %I', r.role);
         END IF;
     END LOOP;

@@ -58,6 +58,7 @@ BEGIN
                       OR (p.proname IN ('semantic_search', 'keyword_search', 'explain')
                           AND NOT p.proargnames && ARRAY['filter_keys'])
                       OR (p.proname IN ('hybrid_search', 'check_search_args') AND NOT p.proargnames && ARRAY['fusion'])
+                      OR (p.proname IN ('semantic_search', 'hybrid_search') AND NOT p.proargnames && ARRAY['query_model'])
                       OR (p.proname = 'keyword_arm' AND NOT p.proargnames && ARRAY['rescored'])
                       OR (p.proname = 'keyword_sql' AND NOT p.proargnames && ARRAY['scoring'])
                       OR (p.proname = 'chunk_rows' AND p.pronargs = 1)
@@ -348,13 +349,20 @@ BEGIN
         ix := NULL;
     END IF;
     IF ix.id IS NOT NULL THEN
-        IF ix.source <> source OR ix.model <> model OR ix.dimensions <> dimensions OR ix.distance <> distance
-           OR ix.storage <> storage THEN
-            RAISE EXCEPTION 'semsearch index "%" already exists with source %, model %, % dimensions, % distance, % storage',
-                index_name, ix.source, ix.model, ix.dimensions, ix.distance, ix.storage
+        IF ix.source <> source THEN
+            RAISE EXCEPTION 'semsearch index "%" already exists on table %', index_name, ix.source
                 USING HINT = 'Drop it first with SELECT semsearch.drop_index(''' || index_name || ''') '
                              '(its embeddings are recomputed), or give the new declaration another name.';
         END IF;
+        -- Other vectors (model, dimensions, distance, storage): a new version is built in the background,
+        -- or the one in progress is kept when it already has them.
+        SELECT changes || jsonb_build_object('model', model, 'dimensions', dimensions, 'distance', distance,
+                                             'storage', storage) INTO changes
+         WHERE (model, dimensions, distance, storage) IS DISTINCT FROM
+               (SELECT b.model, b.dimensions, b.distance, b.storage FROM semsearch.builds b WHERE b.index_id = ix.id)
+           AND ((model, dimensions, distance, storage) IS DISTINCT FROM (ix.model, ix.dimensions, ix.distance, ix.storage)
+                OR EXISTS (SELECT 1 FROM semsearch.builds b WHERE b.index_id = ix.id));
+        changes := coalesce(changes, '{}');
         IF ix.key_columns IS DISTINCT FROM key_cols THEN
             UPDATE semsearch.indexes i SET key_columns = key_cols WHERE i.id = ix.id RETURNING * INTO ix;
             PERFORM semsearch.install_triggers(ix);
@@ -387,18 +395,7 @@ BEGIN
             column_weights, bm25_k1, bm25_b, storage)
     RETURNING * INTO ix;
 
-    -- Store: one row per chunk. semsearch never writes to the application's table.
-    EXECUTE format($$
-        CREATE TABLE semsearch.%I (
-            key          text NOT NULL,
-            chunk        integer NOT NULL,
-            content      text NOT NULL,
-            embedding    %s.%s(%s) NOT NULL,
-            model        text NOT NULL,
-            content_hash bytea NOT NULL,
-            embedded_at  timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (key, chunk)
-        )$$, ix.store_table, semsearch.vector_schema(), storage, dimensions);
+    PERFORM semsearch.create_store(ix);
     PERFORM semsearch.build_keyword_tables(ix);
     PERFORM semsearch.build_hnsw(ix);
     PERFORM semsearch.apply_access(ix);
@@ -406,6 +403,50 @@ BEGIN
     PERFORM semsearch.backfill_if_rows(ix);
     RETURN ix.id;
 END $fn$;
+
+-- A change of vectors (model, dimensions, distance, storage): checked, then built as a new version in
+-- the background (semsearch.start_build) while the current one keeps serving. maintenance_work_mem
+-- (e.g. '1GB') is what the version's HNSW build may use.
+CREATE OR REPLACE FUNCTION semsearch.alter_vectors(ix semsearch.indexes, changes jsonb)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b          semsearch.builds;
+    new_model  text;
+    known      integer;
+    dims       integer;
+    dist       text;
+    store_type text;
+    work_mem   text := changes ->> 'maintenance_work_mem';
+BEGIN
+    SELECT * INTO b FROM semsearch.builds x WHERE x.index_id = ix.id;
+    -- Options left out keep the build's in progress, else the current version's.
+    new_model := coalesce(changes ->> 'model', b.model, ix.model);
+    known := ({{known_dimensions}}::jsonb ->> new_model)::integer;
+    dims := coalesce((changes ->> 'dimensions')::integer, CASE WHEN changes ? 'model' THEN known END,
+                     b.dimensions, ix.dimensions);
+    dist := coalesce(changes ->> 'distance', b.distance, ix.distance);
+    store_type := coalesce(changes ->> 'storage', b.storage, ix.storage);
+    IF new_model IS NULL OR new_model = '' THEN
+        RAISE EXCEPTION 'semsearch index "%": model must be a model name', ix.name;
+    ELSIF dims IS NULL OR (changes ? 'model' AND NOT changes ? 'dimensions' AND known IS NULL
+                           AND new_model <> ix.model) THEN
+        RAISE EXCEPTION 'semsearch index "%": give the dimensions of model %', ix.name, new_model
+            USING HINT = 'Pass dimensions with the model: the length of the vectors it makes.';
+    ELSIF known IS NOT NULL AND dims <> known THEN
+        RAISE EXCEPTION 'semsearch index "%": model % makes %-dimensional vectors, not %', ix.name, new_model, known, dims
+            USING HINT = 'Leave dimensions out for this model.';
+    ELSIF dims NOT BETWEEN 1 AND 16000 THEN
+        RAISE EXCEPTION 'semsearch index "%": dimensions must be from 1 to 16000, not %', ix.name, dims;
+    ELSIF dist NOT IN ('cosine', 'l2', 'inner_product') THEN
+        RAISE EXCEPTION 'unknown distance "%"', dist USING HINT = 'Use cosine, l2 or inner_product.';
+    ELSIF store_type NOT IN ('vector', 'halfvec') THEN
+        RAISE EXCEPTION 'unknown storage "%"', store_type USING HINT = 'Use vector (float4) or halfvec (float2).';
+    END IF;
+    IF work_mem IS NOT NULL THEN  -- refused now, not when the worker reaches the HNSW build (the
+        PERFORM set_config('maintenance_work_mem', work_mem, true);  -- function's SET clause restores it)
+    END IF;
+    PERFORM semsearch.start_build(ix, new_model, dims, dist, store_type, work_mem);
+END $$;
 
 -- Change an index in place. `changes` holds the options to change, e.g.
 --   SELECT semsearch.alter_index('articles_search', '{"columns": ["title"], "hnsw_m": 24}');
@@ -428,12 +469,15 @@ BEGIN
     old := semsearch.lookup_index(index_name);
     SELECT string_agg(k, ', ') INTO unknown FROM jsonb_object_keys(changes) k
      WHERE k NOT IN ('columns', 'ts_config', 'chunk_tokens', 'chunk_overlap', 'hnsw_m', 'hnsw_ef_construction',
-                     'weights', 'bm25_k1', 'bm25_b');
+                     'weights', 'bm25_k1', 'bm25_b', 'model', 'dimensions', 'distance', 'storage', 'maintenance_work_mem');
     IF unknown IS NOT NULL THEN
-        RAISE EXCEPTION 'semsearch.alter_index: unknown or unchangeable option(s) %', unknown
+        RAISE EXCEPTION 'semsearch.alter_index: unknown option(s) %', unknown
             USING HINT = 'It changes columns, ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction, '
-                         'weights, bm25_k1 and bm25_b; '
-                         'for another model, dimensions or distance drop the index and create it again.';
+                         'weights, bm25_k1, bm25_b and (building a new version in the background) model, dimensions, '
+                         'distance and storage, whose HNSW build takes maintenance_work_mem.';
+    END IF;
+    IF changes ?| ARRAY['model', 'dimensions', 'distance', 'storage', 'maintenance_work_mem'] THEN
+        PERFORM semsearch.alter_vectors(old, changes);
     END IF;
     IF changes ? 'columns' THEN
         FOR col IN SELECT jsonb_array_elements_text(changes -> 'columns') LOOP
@@ -491,8 +535,9 @@ END $fn$;
 CREATE OR REPLACE FUNCTION semsearch.drop_index(index_name text, missing_ok boolean DEFAULT false)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    ix semsearch.indexes;
-    op text;
+    ix    semsearch.indexes;
+    op    text;
+    store name;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('semsearch.ddl'));
     SELECT * INTO ix FROM semsearch.indexes i WHERE i.name = index_name;
@@ -506,6 +551,10 @@ BEGIN
         END IF;
     END LOOP;
     EXECUTE format('DROP FUNCTION IF EXISTS semsearch.%I()', 'enqueue_' || ix.name);
+    PERFORM semsearch.cancel_build(ix);
+    FOR store IN SELECT r.store_table FROM semsearch.retired_stores r WHERE r.index_id = ix.id LOOP
+        EXECUTE format('DROP TABLE IF EXISTS semsearch.%I', store);
+    END LOOP;
     EXECUTE format('DROP TABLE IF EXISTS semsearch.%I, %s, %s, %s, %s', ix.store_table, semsearch.keyword_table(ix, 'docs'),
                    semsearch.keyword_table(ix, 'postings'), semsearch.keyword_table(ix, 'terms'), semsearch.keyword_table(ix, 'stats'));
     EXECUTE format('DROP FUNCTION IF EXISTS semsearch.%I(text)', 'visible_' || ix.name);

@@ -14,7 +14,7 @@
 
 CREATE OR REPLACE FUNCTION semsearch.keyword_table(ix semsearch.indexes, part text)
 RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('semsearch.%I', ix.store_table || '_' || part)
+    SELECT format('semsearch.%I', 'store_' || ix.name || '_' || part)  -- (not per version: keywords need no model)
 $$;
 
 -- BM25's term score as SQL text over the given expressions (tf and dl: the posting's weighted term
@@ -57,14 +57,14 @@ BEGIN
     -- with the tsvector (read only by the exact syntaxes, through its index) moved out of line first.
     EXECUTE format('ALTER TABLE %s ALTER COLUMN terms SET STORAGE MAIN, ALTER COLUMN tfs SET STORAGE MAIN, '
                    'ALTER COLUMN tsv SET STORAGE EXTERNAL', semsearch.keyword_table(ix, 'docs'));
-    EXECUTE format('CREATE INDEX %I ON %s USING gin (tsv)', ix.store_table || '_docs_gin', semsearch.keyword_table(ix, 'docs'));
+    EXECUTE format('CREATE INDEX %I ON %s USING gin (tsv)', 'store_' || ix.name || '_docs_gin', semsearch.keyword_table(ix, 'docs'));
     -- No primary key: (key, term) is unique by construction, and the btree on key alone (for deletes and
     -- for scoring given rows) stores each key once (deduplication), a fraction of a (key, term) index.
     EXECUTE format('CREATE TABLE %s (term text NOT NULL, key text NOT NULL, tf real NOT NULL, dl real NOT NULL, '
                    'impact real NOT NULL)', semsearch.keyword_table(ix, 'postings'));
-    EXECUTE format('CREATE INDEX %I ON %s (key)', ix.store_table || '_postings_key', semsearch.keyword_table(ix, 'postings'));
+    EXECUTE format('CREATE INDEX %I ON %s (key)', 'store_' || ix.name || '_postings_key', semsearch.keyword_table(ix, 'postings'));
     EXECUTE format('CREATE INDEX %I ON %s (term, impact DESC) INCLUDE (key, tf, dl)',
-                   ix.store_table || '_postings_impact', semsearch.keyword_table(ix, 'postings'));
+                   'store_' || ix.name || '_postings_impact', semsearch.keyword_table(ix, 'postings'));
     EXECUTE format('CREATE TABLE %s (term text NOT NULL, shard smallint NOT NULL, df integer NOT NULL, '
                    'PRIMARY KEY (term, shard))', semsearch.keyword_table(ix, 'terms'));
     EXECUTE format('CREATE TABLE %s (shard smallint PRIMARY KEY, docs bigint NOT NULL, length float8 NOT NULL)',

@@ -15,7 +15,7 @@ BEGIN
     SELECT string_agg(format('n.%I', c), ', '), string_agg(format('o.%I', c), ', ')
       INTO new_cols, old_cols FROM unnest(ix.columns) c;
     RETURN format($body$
-BEGIN  -- semsearch trigger, version 3
+BEGIN  -- semsearch trigger, version 4
     IF TG_OP = 'INSERT' THEN
         INSERT INTO semsearch.queue (index_id, keys)
         SELECT %1$s, array_agg(%2$s) FROM new_rows n HAVING count(*) > 0;
@@ -29,10 +29,7 @@ BEGIN  -- semsearch trigger, version 3
         INSERT INTO semsearch.queue (index_id, keys)
         SELECT %1$s, array_agg(%4$s) FROM old_rows o HAVING count(*) > 0;
     ELSE -- TRUNCATE: nothing left to embed or to serve
-        DELETE FROM semsearch.queue WHERE index_id = %1$s;
-        DELETE FROM semsearch.failures WHERE index_id = %1$s;
-        TRUNCATE semsearch.%8$I, semsearch.%9$I, semsearch.%10$I, semsearch.%11$I, semsearch.%12$I;
-        UPDATE semsearch.indexes SET bm25_avgdl = NULL WHERE id = %1$s;
+        PERFORM semsearch.truncate_index(%1$s);
         RETURN NULL;
     END IF;
     IF FOUND AND EXISTS (SELECT 1 FROM semsearch.listeners) THEN  -- a worker waits: wake it
@@ -57,9 +54,24 @@ EXCEPTION WHEN OTHERS THEN
     END;
     RETURN NULL;
 END $body$, ix.id, semsearch.key_text_sql(ix, 'n'), first_key, semsearch.key_text_sql(ix, 'o'),
-            join_on, new_cols, old_cols, ix.store_table, ix.store_table || '_docs', ix.store_table || '_postings',
-            ix.store_table || '_terms', ix.store_table || '_stats');
+            join_on, new_cols, old_cols);
 END $fn$;
+
+-- The application truncated the index's table: nothing is left to embed or to serve, in any version.
+CREATE OR REPLACE FUNCTION semsearch.truncate_index(index_id integer)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ix semsearch.indexes;
+BEGIN
+    SELECT * INTO STRICT ix FROM semsearch.indexes i WHERE i.id = truncate_index.index_id;
+    DELETE FROM semsearch.queue q WHERE q.index_id = ix.id;
+    DELETE FROM semsearch.failures f WHERE f.index_id = ix.id;
+    EXECUTE format('TRUNCATE semsearch.%I, %s, %s, %s, %s', ix.store_table, semsearch.keyword_table(ix, 'docs'),
+                   semsearch.keyword_table(ix, 'postings'), semsearch.keyword_table(ix, 'terms'),
+                   semsearch.keyword_table(ix, 'stats'));
+    PERFORM semsearch.truncate_build(ix.id);
+    UPDATE semsearch.indexes i SET bm25_avgdl = NULL WHERE i.id = ix.id;
+END $$;
 
 -- Run DDL that locks an application table, with a lock timeout and an error that names the table:
 -- semsearch never waits forever behind an open transaction while every writer queues behind it.

@@ -303,12 +303,17 @@ BEGIN
               CASE WHEN rescored IS NULL THEN greatest(2 * n, 100) ELSE greatest(n, rescored) END;
 END $$;
 
+-- query_model: the model that made query_embedding (NULL: the index's). Just after the switch to a new
+-- version, a vector of the old model is still served from the old store (semsearch.vector_version).
 CREATE OR REPLACE FUNCTION semsearch.semantic_search(
-    index_name text, query_embedding vector, match_count integer DEFAULT 10, filter_keys text[] DEFAULT NULL)
+    index_name text, query_embedding vector, match_count integer DEFAULT 10, filter_keys text[] DEFAULT NULL,
+    query_model text DEFAULT NULL)
 RETURNS TABLE (key text, score float8, rank integer) ROWS 100 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM semsearch.check_search_args(match_count);
-    RETURN QUERY SELECT a.* FROM semsearch.semantic_arm(semsearch.lookup_index(index_name), query_embedding, match_count, filter_keys) a
+    RETURN QUERY SELECT a.* FROM semsearch.semantic_arm(semsearch.vector_version(semsearch.lookup_index(index_name),
+                                                                                  query_embedding, query_model),
+                                                        query_embedding, match_count, filter_keys) a
                   ORDER BY a.score DESC, length(a.key), a.key LIMIT match_count;
 END $$;
 
@@ -332,17 +337,18 @@ END $$;
 -- A candidate without a matching term has keyword score 0; one not embedded yet has no semantic score
 -- and gets that arm's lowest value (0 for rrf and minmax). Each row also carries each arm's rank among
 -- that arm's own candidates (NULL where it was not one) and its score, to tune weights with.
+-- query_model: as for semantic_search.
 CREATE OR REPLACE FUNCTION semsearch.hybrid_search(
     index_name text, query_text text, query_embedding vector, match_count integer DEFAULT 10,
     candidates integer DEFAULT NULL, rrf_k integer DEFAULT {{rrf_k}},
     semantic_weight float8 DEFAULT {{semantic_weight}}, keyword_weight float8 DEFAULT {{keyword_weight}},
     keyword_syntax text DEFAULT 'or', filter_keys text[] DEFAULT NULL, fusion text DEFAULT {{fusion}},
-    semantic_candidates integer DEFAULT NULL, keyword_candidates integer DEFAULT NULL)
+    semantic_candidates integer DEFAULT NULL, keyword_candidates integer DEFAULT NULL, query_model text DEFAULT NULL)
 RETURNS TABLE (key text, score float8, semantic_rank integer, keyword_rank integer,
                semantic_score float8, keyword_score float8) ROWS 100 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    ix semsearch.indexes := semsearch.lookup_index(index_name);
+    ix semsearch.indexes := semsearch.vector_version(semsearch.lookup_index(index_name), query_embedding, query_model);
     ns integer := greatest(coalesce(semantic_candidates, candidates, {{semantic_candidates}}), match_count);
     nk integer := greatest(coalesce(keyword_candidates, candidates, {{keyword_candidates}}), match_count);
     cross_score boolean := fusion <> 'rrf';

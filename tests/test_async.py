@@ -82,9 +82,9 @@ def test_query_embedding_runs_off_the_event_loop(monkeypatch):
     def slow_embed(index, q):
         loop_threads.append(threading.current_thread())
         time.sleep(0.5)
-        return np.ones(384)
+        return "all-MiniLM-L6-v2", np.ones(384)
 
-    monkeypatch.setattr(query, "embed_query", slow_embed)
+    monkeypatch.setattr(query, "embed_for_search", slow_embed)
 
     async def main():
         ticks = 0

@@ -1,0 +1,128 @@
+"""Building a new version of an index's vectors, the worker's side (the SQL is sql/versions.sql).
+
+A change of model, dimensions, distance or storage starts a build. The worker then, between its
+batches (which write to both versions meanwhile):
+  1. walks the table in key order, embedding each step's rows with the new model into the new store,
+     which has no HNSW index yet, so that rows go in at COPY speed;
+  2. builds the HNSW index once (at the build's maintenance_work_mem); batches meanwhile note their keys;
+  3. embeds the noted keys, then switches the registry to the new version in one transaction;
+  4. drops the old store once no query can still be using it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import psycopg
+
+from .embedder import Embedder
+
+log = logging.getLogger("semsearch.worker")
+
+BUILD_PROBLEM_RETRY_SECONDS = 60
+# How long a retired store still serves queries embedded by its model: longer than a process takes to
+# notice a switch (semsearch.query.SERVING_MODEL_SECONDS).
+RETIRED_STORE_GRACE = "60 seconds"
+
+
+class VersionBuilder:
+    """The build steps, mixed into semsearch.worker.Worker (they use its batches' writing)."""
+
+    build_rows: int
+    _build_retry: dict[int, float]
+
+    def build_step(self, conn: psycopg.Connection, ix) -> int:
+        """One step of the index's build, in its own transaction; returns how many rows it settled
+        (a phase change counts as 1), 0 when there is nothing to do now."""
+        from .worker import BatchVersions, RegistryChanged
+
+        if ix.build_model:
+            self._build_embedder(ix.build_model)  # loaded before taking any lock
+        with conn.transaction():
+            conn.execute("SELECT semsearch.lock_for_batch(%s)", (ix.id,))
+            versions = BatchVersions.read(conn, ix.id)
+            build = versions.build
+            if build is None:
+                return 0
+            if versions.build_problem:
+                return self._retry_build(conn, ix, build)
+            embedder = self._checked_build_embedder(conn, ix, build)
+            if embedder is None:
+                return 0
+            if versions.build_phase == "embedding":
+                keys = conn.execute("SELECT semsearch.build_walk(%s, %s)", (ix.id, self.build_rows)).fetchone()[0]
+                if keys is None:
+                    return 0
+                if not keys:
+                    phase_change = "walked"
+            elif versions.build_phase == "indexing":
+                phase_change = "index"
+                keys = None
+            else:
+                keys = conn.execute("SELECT semsearch.take_build_keys(%s, %s)", (ix.id, self.build_rows)).fetchone()[0]
+                if not keys:
+                    phase_change = "switch"
+            if keys:
+                self._build_rows(conn, ix, build, embedder, keys)
+                return len(keys)
+        # Phase changes in transactions of their own, after the step's locks are gone.
+        if phase_change == "walked":
+            conn.execute("SELECT semsearch.build_walked(%s)", (ix.id,))
+            conn.commit()
+            log.info("index %s: every row is in version %s's store; building its HNSW index", ix.name, build.store_table)
+        elif phase_change == "index":
+            started = time.monotonic()
+            conn.execute("SELECT semsearch.build_index(%s)", (ix.id,))
+            conn.commit()
+            log.info("index %s: HNSW index of %s built in %.1fs", ix.name, build.store_table, time.monotonic() - started)
+        elif conn.execute("SELECT semsearch.finish_build(%s, %s)",
+                          (ix.id, getattr(embedder, "revision", "") or "")).fetchone()[0]:
+            conn.commit()
+            log.info("index %s: switched to model %s (%s)", ix.name, build.model, build.store_table)
+            raise RegistryChanged(ix.name)
+        else:
+            conn.commit()
+            return 0
+        return 1
+
+    def _build_rows(self, conn: psycopg.Connection, ix, build, embedder: Embedder, keys: list[str]) -> None:
+        """Embed these rows into the new version as they are now. Their advisory locks are waited for
+        (a batch holding one is writing the same row to both versions), in key order like every taker."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(k)) FROM unnest(%s::text[]) k ORDER BY k",
+                     (ix.id, sorted(keys)))
+        from .worker import Item
+
+        items = [Item(key, 0, None) for key in keys]
+        texts = self._read_source(conn, ix, keys)
+        present, unembeddable = self._embeddable(items, texts)
+        gone = [k for k in keys if k not in texts] + [f[0].key for f in unembeddable]
+        failed = self._write_version(conn, ix, build, embedder, present, gone)
+        for item, reason, permanent in failed:  # queued again: the batch that takes it writes both versions
+            item.first_queued_at = conn.execute("SELECT now()").fetchone()[0]
+            self._record_failure(conn, ix, item, reason, permanent)
+        if self.on_progress:
+            self.on_progress(len(keys))
+
+    def _retry_build(self, conn: psycopg.Connection, ix, build) -> int:
+        """A stopped build tries its model again once a minute; when it loads, the walk starts over."""
+        if time.monotonic() < self._build_retry.get(ix.id, 0):
+            return 0
+        self._build_retry[ix.id] = time.monotonic() + BUILD_PROBLEM_RETRY_SECONDS
+        from .embedder import forget_embedder
+
+        with self._embedders_lock:
+            self._embedders.pop(build.model, None)
+        forget_embedder(build.model)
+        conn.execute("SELECT semsearch.record_build_problem(%s, NULL)", (ix.id,))
+        if self._checked_build_embedder(conn, ix, build) is None:
+            return 0
+        log.info("index %s: model %s loads again; the new version's walk starts over", ix.name, build.model)
+        return 1
+
+    @staticmethod
+    def drop_retired(conn: psycopg.Connection, ix) -> None:
+        """Drop the index's old stores that no query can still be using."""
+        if conn.execute("SELECT semsearch.drop_retired_stores(%s, %s)", (ix.id, RETIRED_STORE_GRACE)).fetchone()[0]:
+            log.info("index %s: dropped the store of its previous version", ix.name)
+        conn.commit()
+
