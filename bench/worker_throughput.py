@@ -1,4 +1,4 @@
-"""Worker throughput against the model's own speed.
+"""Worker throughput against the model's own speed, and a new version's bulk build against incremental inserts.
 
 The same texts are embedded by SentenceTransformer.encode (batch 64) and by a running worker
 (batch 64: claim -> read -> index keywords -> chunk -> embed -> COPY into the store -> commit), round
@@ -9,6 +9,11 @@ the overflow as extra chunks instead of truncating it).
 The store starts with FILLER rows of realistic vectors (the texts' own embeddings plus small noise),
 so the worker inserts into an HNSW index of production size, not an empty one. Before each timed
 part the queue is drained and the worker idle, and every wait has a deadline.
+
+bulk_build_vs_incremental: BUILD_ROWS rows through a worker with a zero-cost embedder (a lookup of
+realistic vectors: SciFact embeddings plus noise), once as incremental inserts into the HNSW-indexed
+store (their keywords already indexed, so both do only the vector work) and once as a new version's
+build (walk into an unindexed store, one HNSW build, switch); rows/s of the second over the first.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from pgvector.psycopg import register_vector
 from sqlalchemy import create_engine
 
 from common import corpus, scratch_database
+from search_latency import scifact_vectors
 from semsearch import IndexDefinition, IndexOptions, Worker, install
 from semsearch.database import sqlalchemy_url
 from semsearch.embedder import get_embedder
@@ -31,6 +37,7 @@ BATCH = 64
 ROUNDS = 3
 FILLER = 30_000
 DEADLINE_S = 600
+BUILD_ROWS = 20_000
 
 
 def wait_for(condition, what: str) -> None:
@@ -102,13 +109,72 @@ def main() -> None:
             finally:
                 worker.stop()
                 thread.join()
+    bulk = bulk_build_vs_incremental()
     ratios = [w / e for w, e in zip(worker_rates, encode_rates)]
     print(f"texts: {len(texts)}, batch size: {BATCH}, rounds: {ROUNDS}, store pre-filled with {FILLER} vectors")
     print(f"encode_rows_per_s: {statistics.median(encode_rates):.1f}")
     print(f"worker_rows_per_s: {statistics.median(worker_rates):.1f}")
     print(f"per-round ratios: {', '.join(f'{r:.3f}' for r in ratios)}")
     print(f"worker_vs_encode: {statistics.median(ratios):.3f}")
+    print(f"bulk_build_vs_incremental: {bulk:.2f}")
+
+
+class LookupEmbedder:
+    """Zero cost: each text starts with its row number, which picks a precomputed vector."""
+
+    revision = ""
+
+    def __init__(self, name: str, vectors: np.ndarray):
+        self.name, self.vectors, self.dimensions = name, vectors, vectors.shape[1]
+
+    def chunk(self, texts, chunk_tokens, overlap):
+        return [[t] for t in texts]
+
+    def encode(self, texts, batch_size=64):
+        return self.vectors[[int(t.split(" ", 1)[0]) for t in texts]]
+
+
+def bulk_build_vs_incremental() -> float:
+    docs = corpus(10_000)
+    base = scifact_vectors([{"title": t, "text": b} for t, b in docs])
+    rng = np.random.default_rng(3)
+    vectors = base[np.arange(BUILD_ROWS) % len(base)] + rng.normal(0, 0.035, (BUILD_ROWS, base.shape[1]))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    embedders = {name: LookupEmbedder(name, vectors) for name in ("lookup-a", "lookup-b")}
+
+    def drain(url) -> float:
+        start = time.perf_counter()
+        Worker(url, batch_size=BATCH, poll_interval=0.2, embedder_factory=embedders.__getitem__).run(drain=True)
+        return time.perf_counter() - start
+
+    with scratch_database() as url:
+        install(create_engine(sqlalchemy_url(url)))
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+            with conn.cursor().copy("COPY docs FROM STDIN") as copy:
+                for i in range(BUILD_ROWS):
+                    copy.write_row((i, f"{i} {docs[i % len(docs)][0]}"))
+            with create_engine(sqlalchemy_url(url)).begin() as c:
+                IndexDefinition("docs_search", "docs", ["body"],
+                                options=IndexOptions(model="lookup-a", dimensions=384)).create(c)
+            drain(url)  # keywords and vectors once, untimed
+            conn.execute("TRUNCATE semsearch.store_docs_search")
+            conn.execute("SELECT semsearch.request_backfill('docs_search')")
+            incremental = BUILD_ROWS / drain(url)
+            conn.execute("""SELECT semsearch.alter_index('docs_search', '{"model": "lookup-b"}'::jsonb ||
+                            jsonb_build_object('dimensions', 384))""")
+            bulk = BUILD_ROWS / drain(url)
+            stored = conn.execute("SELECT model, count(*) FROM semsearch.store_docs_search_v2 GROUP BY 1").fetchall()
+            assert stored == [("lookup-b", BUILD_ROWS)], stored
+    print(f"{BUILD_ROWS} rows, zero-cost embedder: incremental inserts {incremental:.0f} rows/s, "
+          f"version build (walk, one HNSW build, switch) {bulk:.0f} rows/s")
+    return bulk / incremental
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--bulk-only" in sys.argv:  # just the version build's figure
+        print(f"bulk_build_vs_incremental: {bulk_build_vs_incremental():.2f}")
+    else:
+        main()

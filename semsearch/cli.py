@@ -1,4 +1,4 @@
-"""The `semsearch` command: install | grant | worker | status | search | backfill | retry-failed | demo | server."""
+"""The `semsearch` command: install | grant | worker | status | search | backfill | reindex | retry-failed | demo | server."""
 from __future__ import annotations
 
 import argparse
@@ -122,7 +122,7 @@ def cmd_status(args) -> None:
         rows = conn.execute(
             "SELECT index_name, source_table, model, documents, pending, in_flight, failed, "
             "oldest_pending_age, embedded_last_minute, backfilling, problem, "
-            "pg_size_pretty(store_bytes), pg_size_pretty(bytes_per_document) FROM semsearch.status"
+            "pg_size_pretty(store_bytes), pg_size_pretty(bytes_per_document), version, build FROM semsearch.status"
         ).fetchall()
         failures = conn.execute(
             """SELECT i.name, f.key, f.attempts, f.error FROM semsearch.failures f
@@ -140,6 +140,11 @@ def cmd_status(args) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    builds = [(r[0], r[13], r[14]) for r in rows if r[14]]
+    if builds:
+        print("\nnew versions being built (queries use the current one until the switch):")
+        for name, version, build in builds:
+            print(f"  {name}: v{version} -> {build}")
     problems = [(r[0], r[10]) for r in rows if r[10]]
     if problems:
         print("\nindexes the workers cannot serve (their work waits):")
@@ -170,12 +175,13 @@ def cmd_search(args) -> None:
         else:
             vector = get_embedder(model).encode([args.query])[0]
             if args.mode == "semantic":
-                rows = conn.execute("SELECT key, score FROM semsearch.semantic_search(%s, %s, %s)",
-                                    (args.index, vector, args.limit)).fetchall()
+                rows = conn.execute("SELECT key, score FROM semsearch.semantic_search(%s, %s, %s, query_model => %s)",
+                                    (args.index, vector, args.limit, model)).fetchall()
             else:
                 rows = conn.execute("SELECT key, score FROM semsearch.hybrid_search(%s, %s, %s, %s, "
-                                    "keyword_syntax => %s, fusion => %s)",
-                                    (args.index, args.query, vector, args.limit, args.syntax, args.fusion)).fetchall()
+                                    "keyword_syntax => %s, fusion => %s, query_model => %s)",
+                                    (args.index, args.query, vector, args.limit, args.syntax, args.fusion,
+                                     model)).fetchall()
         snippets = dict(conn.execute(
             sql.SQL("SELECT DISTINCT ON (key) key, content FROM semsearch.{} WHERE key = ANY(%s) ORDER BY key, chunk")
             .format(sql.Identifier(store)), ([key for key, _ in rows],)).fetchall())
@@ -195,6 +201,54 @@ def cmd_backfill(args) -> None:
             else:
                 queued = backfill_all(conn, args.index, args.step, bar.update)
     print(f"queued {queued} row(s) of index {args.index}; the worker embeds those whose text changed")
+
+
+def cmd_reindex(args) -> None:
+    """Change an index's vectors: a new version is built by the workers while the current one serves."""
+    import time
+
+    from .ddl import AlterSearchIndex
+    from .options import IndexOptions
+
+    changes = {k: v for k, v in (("model", args.model), ("dimensions", args.dimensions), ("distance", args.distance),
+                                 ("storage", args.storage), ("maintenance_work_mem", args.maintenance_work_mem))
+               if v is not None}
+    if not set(changes) - {"maintenance_work_mem"}:
+        raise SemsearchError("give what changes: --model (with --dimensions for a model semsearch does not know), "
+                             "--dimensions, --distance or --storage")
+    try:
+        IndexOptions(**{k: v for k, v in changes.items() if k != "maintenance_work_mem"})
+    except ValueError as exc:
+        raise SemsearchError(str(exc)) from None
+    with _connect_installed(args) as conn:
+        conn.execute(AlterSearchIndex(args.index, changes).sql())
+        conn.commit()
+        build = conn.execute("SELECT b.version, b.model, b.dimensions FROM semsearch.builds b "
+                             "JOIN semsearch.indexes i ON i.id = b.index_id WHERE i.name = %s", (args.index,)).fetchone()
+        conn.commit()
+        if build is None:
+            print(f"index {args.index} already has these vectors: nothing to build")
+            return
+        print(f"index {args.index}: building version {build[0]} ({build[1]}, {build[2]} dimensions) in the background; "
+              "queries use the current version until it is complete. A running `semsearch worker` builds it; "
+              "`semsearch status` shows how far.")
+        if not args.wait:
+            return
+        with _progress(0, f"building {args.index}") as bar:
+            while True:
+                row = conn.execute("SELECT b.rows_done, b.rows_total, b.phase, b.problem FROM semsearch.builds b "
+                                   "JOIN semsearch.indexes i ON i.id = b.index_id WHERE i.name = %s",
+                                   (args.index,)).fetchone()
+                conn.commit()
+                if row is None:
+                    break
+                if row[3]:
+                    raise SemsearchError(f"the new version of {args.index} cannot be built: {row[3]}")
+                bar.total = max(row[1] or 0, row[0])
+                bar.n = row[0]
+                bar.set_postfix_str(row[2])
+                time.sleep(1)
+        print(f"index {args.index} now serves version {build[0]} ({build[1]})")
 
 
 def cmd_retry_failed(args) -> None:
@@ -298,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", help="one SQL condition on the source table, e.g. \"id > 1000\" (run with your "
                                   "rights when you call it; never stored)")
     p.add_argument("--step", type=int, default=1000, help="rows queued per transaction")
+
+    p = add("reindex", cmd_reindex, "change an index's model, dimensions, distance or storage without downtime: "
+                                    "the workers build the new version while the current one serves, then switch")
+    p.add_argument("index")
+    p.add_argument("--model", help="a sentence-transformers model name or folder, or openai:<model>[@<base URL>]")
+    p.add_argument("--dimensions", type=int, help="the new model's vector length (known for the default model)")
+    p.add_argument("--distance", choices=["cosine", "l2", "inner_product"])
+    p.add_argument("--storage", choices=["vector", "halfvec"])
+    p.add_argument("--maintenance-work-mem", metavar="SIZE",
+                   help="memory for the new version's HNSW build, e.g. 1GB (default: the server's setting)")
+    p.add_argument("--wait", action="store_true", help="show the build's progress until the switch")
 
     p = add("retry-failed", cmd_retry_failed, "move failed items back to the queue")
     p.add_argument("--index", help="only this index")

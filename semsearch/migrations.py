@@ -25,10 +25,10 @@ from sqlalchemy import text
 
 from .ddl import AlterSearchIndex, DropSearchIndex, install_steps
 from .declaration import IndexDefinition, declared_indexes
-from .options import ALTERABLE, IndexOptions
+from .options import ALTERABLE, VERSIONED, IndexOptions
 
 SEMSEARCH_SCHEMA = "semsearch"
-_ALTERABLE = ("columns",) + ALTERABLE
+_ALTERABLE = ("columns",) + ALTERABLE + VERSIONED + ("maintenance_work_mem",)
 
 
 def include_name(name, type_, parent_names) -> bool:
@@ -93,8 +93,10 @@ class DropSearchIndexOp(MigrateOperation):
 
 @Operations.register_operation("alter_search_index")
 class AlterSearchIndexOp(MigrateOperation):
-    """Change an index in place: columns, ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction,
-    weights, bm25_k1, bm25_b.
+    """Change an index: columns, ts_config, chunk_tokens, chunk_overlap, hnsw_m, hnsw_ef_construction,
+    weights, bm25_k1, bm25_b in place; model, dimensions, distance, storage by building a new version in
+    the background (the worker does it; queries keep using the current one until it is complete).
+    maintenance_work_mem (e.g. "1GB") is what that version's HNSW build may use.
 
     `existing` holds the previous values of the changed options; it makes the operation reversible.
     """
@@ -103,12 +105,14 @@ class AlterSearchIndexOp(MigrateOperation):
         unknown = set(changes) - set(_ALTERABLE)
         if unknown:
             raise TypeError(f"alter_search_index cannot change {', '.join(sorted(unknown))}; it changes "
-                            f"{', '.join(_ALTERABLE)} (drop and create the index for another model)")
+                            f"{', '.join(_ALTERABLE)}")
         if not changes:
             raise TypeError("alter_search_index needs at least one option to change")
         if "columns" in changes:
             changes["columns"] = list(changes["columns"])
-        IndexOptions(**{k: v for k, v in changes.items() if k != "columns"})  # validate values now
+        if not set(changes) - {"maintenance_work_mem"} and "maintenance_work_mem" in changes:
+            raise TypeError("maintenance_work_mem goes with a change of model, dimensions, distance or storage")
+        IndexOptions(**{k: v for k, v in changes.items() if k not in ("columns", "maintenance_work_mem")})  # validate now
         self.index_name = index_name
         self.changes = changes
         self.existing = dict(existing or {})
@@ -167,15 +171,21 @@ def _registry(connection) -> dict[str, IndexDefinition]:
     """The indexes the database has, as definitions."""
     if connection.execute(text("SELECT to_regclass('semsearch.indexes') IS NULL")).scalar():
         return {}
+    # An index whose new version is being built is compared as that version (its migration has run).
+    build = ("LEFT JOIN semsearch.builds b ON b.index_id = i.id" if connection.execute(
+        text("SELECT to_regclass('semsearch.builds') IS NOT NULL")).scalar()
+        else "LEFT JOIN (SELECT NULL::integer AS index_id, NULL AS model, NULL::integer AS dimensions, NULL AS distance, "
+             "NULL AS storage) b ON false")
     rows = connection.execute(text(
-        """SELECT i.name, c.relname, n.nspname, i.columns::text[] AS columns, i.model, i.dimensions, i.distance,
+        """SELECT i.name, c.relname, n.nspname, i.columns::text[] AS columns, coalesce(b.model, i.model) AS model,
+                  coalesce(b.dimensions, i.dimensions) AS dimensions, coalesce(b.distance, i.distance) AS distance,
                   i.ts_config::text AS ts_config, i.chunk_tokens, i.chunk_overlap, i.hnsw_m, i.hnsw_ef_construction,
-                  i.bm25_k1, i.bm25_b, i.storage, (SELECT jsonb_object_agg(c, w) FROM unnest(i.columns::text[], i.column_weights) u(c, w)
+                  i.bm25_k1, i.bm25_b, coalesce(b.storage, i.storage) AS storage, (SELECT jsonb_object_agg(c, w) FROM unnest(i.columns::text[], i.column_weights) u(c, w)
                                               WHERE i.column_weights IS NOT NULL)
                       AS weights,
                   n.nspname = current_schema() AS in_default_schema
              FROM semsearch.indexes i JOIN pg_class c ON c.oid = i.source
-             JOIN pg_namespace n ON n.oid = c.relnamespace""")).mappings()
+             JOIN pg_namespace n ON n.oid = c.relnamespace """ + build)).mappings()
     return {
         r["name"]: IndexDefinition(
             r["name"], r["relname"], list(r["columns"]), None if r["in_default_schema"] else r["nspname"],
@@ -209,16 +219,14 @@ def _compare_search_indexes(autogen_context, upgrade_ops, schemas) -> None:
             upgrade_ops.ops.append(_create_op(wanted))
             continue
         wanted_options, have_options = wanted.options.with_dimensions(), have.options
-        if ((wanted.table, wanted.schema) != (have.table, have.schema)
-                or any(getattr(wanted_options, k) != getattr(have_options, k)
-                       for k in ("model", "dimensions", "distance", "storage"))):
+        if (wanted.table, wanted.schema) != (have.table, have.schema):
             upgrade_ops.ops.append(DropSearchIndexOp(name, _reverse=_create_op(have)))
             upgrade_ops.ops.append(_create_op(wanted))
             continue
         changes, previous = {}, {}
         if list(wanted.columns) != list(have.columns):
             changes["columns"], previous["columns"] = list(wanted.columns), list(have.columns)
-        for option in ALTERABLE:
+        for option in ALTERABLE + VERSIONED:  # (the registry's version: the one being built, if any)
             if getattr(wanted_options, option) != getattr(have_options, option):
                 changes[option], previous[option] = getattr(wanted_options, option), getattr(have_options, option)
         if changes:

@@ -104,9 +104,12 @@ class IndexOptions:
         return {**asdict(self), "weights": dict(self.weights) if self.weights else None}
 
 
-# Options alter_index can change in place (the others need a new index).
+# Options alter_index changes in place.
 ALTERABLE = ("ts_config", "chunk_tokens", "chunk_overlap", "hnsw_m", "hnsw_ef_construction", "weights", "bm25_k1",
              "bm25_b")
+# Options whose change builds a new version of the vectors in the background (sql/versions.sql); its
+# HNSW build may take maintenance_work_mem (e.g. "1GB"; default: the server's setting).
+VERSIONED = ("model", "dimensions", "distance", "storage")
 OPTION_NAMES = tuple(f.name for f in fields(IndexOptions))
 
 # Defaults that exist only on the SQL side of a query or of DDL.

@@ -20,6 +20,9 @@ from .embedder import Embedder
 log = logging.getLogger("semsearch.worker")
 
 BUILD_PROBLEM_RETRY_SECONDS = 60
+# A walk step grows or shrinks to take about this long: large enough for COPY speed with a fast model,
+# short enough that the worker's batches for fresh writes never wait long behind it.
+BUILD_STEP_SECONDS = 2.0
 # How long a retired store still serves queries embedded by its model: longer than a process takes to
 # notice a switch (semsearch.query.SERVING_MODEL_SECONDS).
 RETIRED_STORE_GRACE = "60 seconds"
@@ -28,8 +31,10 @@ RETIRED_STORE_GRACE = "60 seconds"
 class VersionBuilder:
     """The build steps, mixed into semsearch.worker.Worker (they use its batches' writing)."""
 
-    build_rows: int
+    build_rows: int  # the largest walk step
+    batch_size: int
     _build_retry: dict[int, float]
+    _step_rows: dict[int, int]
 
     def build_step(self, conn: psycopg.Connection, ix) -> int:
         """One step of the index's build, in its own transaction; returns how many rows it settled
@@ -49,8 +54,10 @@ class VersionBuilder:
             embedder = self._checked_build_embedder(conn, ix, build)
             if embedder is None:
                 return 0
+            step = self._step_rows.get(ix.id, self.batch_size)
+            started = time.monotonic()
             if versions.build_phase == "embedding":
-                keys = conn.execute("SELECT semsearch.build_walk(%s, %s)", (ix.id, self.build_rows)).fetchone()[0]
+                keys = conn.execute("SELECT semsearch.build_walk(%s, %s)", (ix.id, step)).fetchone()[0]
                 if keys is None:
                     return 0
                 if not keys:
@@ -59,12 +66,16 @@ class VersionBuilder:
                 phase_change = "index"
                 keys = None
             else:
-                keys = conn.execute("SELECT semsearch.take_build_keys(%s, %s)", (ix.id, self.build_rows)).fetchone()[0]
+                keys = conn.execute("SELECT semsearch.take_build_keys(%s, %s)", (ix.id, step)).fetchone()[0]
                 if not keys:
                     phase_change = "switch"
             if keys:
                 self._build_rows(conn, ix, build, embedder, keys)
-                return len(keys)
+        if keys:
+            elapsed = max(time.monotonic() - started, 1e-3)
+            self._step_rows[ix.id] = int(min(max(step * min(BUILD_STEP_SECONDS / elapsed, 2.0), self.batch_size),
+                                             max(self.build_rows, self.batch_size)))
+            return len(keys)
         # Phase changes in transactions of their own, after the step's locks are gone.
         if phase_change == "walked":
             conn.execute("SELECT semsearch.build_walked(%s)", (ix.id,))

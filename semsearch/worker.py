@@ -142,7 +142,7 @@ class Worker(VersionBuilder):
         retry_base_seconds: float = 2.0,
         max_chunks: int = 1000,
         max_text_chars: int = 2_000_000,
-        build_rows: int = 256,
+        build_rows: int = 5000,
         wait_for_database: float = 30.0,
         embedder_factory: Callable[[str], Embedder] = get_embedder,
         on_progress: Callable[[int], None] | None = None,
@@ -157,7 +157,7 @@ class Worker(VersionBuilder):
         self.retry_base_seconds = retry_base_seconds
         self.max_chunks = max_chunks
         self.max_text_chars = max_text_chars  # longer texts are refused before tokenizing (memory bound)
-        self.build_rows = build_rows  # rows per step of a new version's build
+        self.build_rows = build_rows  # most rows per step of a new version's build (see semsearch.versions)
         self.wait_for_database = wait_for_database
         self.embedder_factory = embedder_factory
         self.on_progress = on_progress  # called with the number of keys each batch settled
@@ -174,6 +174,7 @@ class Worker(VersionBuilder):
         self._outages: dict[str, tuple[float, float]] = {}  # index name -> (next try at, wait after that)
         self._revisions: dict[int, str] = {}  # index id -> model revision recorded in the registry
         self._build_retry: dict[int, float] = {}  # index id -> when to try a stopped build's model again
+        self._step_rows: dict[int, int] = {}  # index id -> rows of its build's next step
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -301,6 +301,7 @@ DECLARE
     known    integer;
     changes  jsonb := '{}';
     column_weights float8[];
+    build    semsearch.builds;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('semsearch.ddl'));
     IF index_name !~ '^[a-z_][a-z0-9_]{0,39}$' THEN
@@ -356,13 +357,12 @@ BEGIN
         END IF;
         -- Other vectors (model, dimensions, distance, storage): a new version is built in the background,
         -- or the one in progress is kept when it already has them.
-        SELECT changes || jsonb_build_object('model', model, 'dimensions', dimensions, 'distance', distance,
-                                             'storage', storage) INTO changes
-         WHERE (model, dimensions, distance, storage) IS DISTINCT FROM
-               (SELECT b.model, b.dimensions, b.distance, b.storage FROM semsearch.builds b WHERE b.index_id = ix.id)
-           AND ((model, dimensions, distance, storage) IS DISTINCT FROM (ix.model, ix.dimensions, ix.distance, ix.storage)
-                OR EXISTS (SELECT 1 FROM semsearch.builds b WHERE b.index_id = ix.id));
-        changes := coalesce(changes, '{}');
+        SELECT * INTO build FROM semsearch.builds b WHERE b.index_id = ix.id;
+        IF (model, dimensions, distance, storage) IS DISTINCT FROM (build.model, build.dimensions, build.distance, build.storage)
+           AND (build.index_id IS NOT NULL
+                OR (model, dimensions, distance, storage) IS DISTINCT FROM (ix.model, ix.dimensions, ix.distance, ix.storage)) THEN
+            changes := jsonb_build_object('model', model, 'dimensions', dimensions, 'distance', distance, 'storage', storage);
+        END IF;
         IF ix.key_columns IS DISTINCT FROM key_cols THEN
             UPDATE semsearch.indexes i SET key_columns = key_cols WHERE i.id = ix.id RETURNING * INTO ix;
             PERFORM semsearch.install_triggers(ix);

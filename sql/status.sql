@@ -1,12 +1,12 @@
 -- One row per index: what the worker has left to do, is doing, has done and could not do.
 -- in_flight counts keys a worker holds right now (its per-key advisory locks). store_bytes: the store
 -- on disk with its HNSW index (not the keyword tables); bytes_per_document: that over the documents in it.
--- version: the current version of the vectors; build: the version being built and how far it is.
+-- version, dimensions: the current version of the vectors; build: the version being built and how far it is.
 -- An installation made before a column was added to the status: drop and recreate.
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure('semsearch.index_status()')
-               AND NOT 'build' = ANY(proargnames)) THEN
+               AND NOT 'dimensions' = ANY(proargnames)) THEN
         DROP VIEW IF EXISTS semsearch.status;
         DROP FUNCTION semsearch.index_status();
     END IF;
@@ -16,7 +16,7 @@ CREATE OR REPLACE FUNCTION semsearch.index_status()
 RETURNS TABLE (index_name text, source_table text, model text, pending bigint, in_flight bigint, failed bigint,
                oldest_pending_age interval, embedded_last_minute bigint, documents bigint,
                backfilling boolean, problem text, store_bytes bigint, bytes_per_document bigint, version integer,
-               build text)
+               build text, dimensions integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes;
@@ -42,6 +42,7 @@ BEGIN
         store_bytes := pg_total_relation_size(format('semsearch.%I', ix.store_table)::regclass);
         bytes_per_document := store_bytes / nullif(documents, 0);
         version := ix.version;
+        dimensions := ix.dimensions;
         build := semsearch.build_progress(ix.id);
         RETURN NEXT;
     END LOOP;

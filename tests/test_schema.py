@@ -25,7 +25,7 @@ def test_create_all_creates_store_indexes_and_triggers(engine, conn):
                        "FROM semsearch.indexes WHERE name = 'articles_search'").fetchone()
     assert row == (["id"], ["title", "body"], "all-MiniLM-L6-v2", 384, "cosine", 32)
     # semsearch's schema version lives in its own table, never in the application's alembic_version.
-    assert conn.execute("SELECT max(version) FROM semsearch.schema_version").fetchone() == ("0003",)
+    assert conn.execute("SELECT max(version) FROM semsearch.schema_version").fetchone() == ("0004",)
     assert conn.execute("SELECT to_regclass('public.alembic_version')").fetchone() == (None,)
 
 
@@ -46,14 +46,27 @@ def test_drop_all_removes_store_and_registry(engine, conn):
                         ).fetchone() == (0,)
 
 
-def test_changing_the_model_of_an_existing_index_is_refused_with_a_hint(engine, conn):
+def test_another_model_for_an_existing_index_builds_a_version_and_another_table_is_refused(engine, conn):
     Base.metadata.create_all(engine)
     import psycopg
     import pytest
 
+    # The current version keeps serving; the new one is built by the worker (tests/test_versions.py).
+    conn.execute("SELECT semsearch.create_index('articles_search', 'articles', ARRAY['title', 'body'], 'other', 768)")
+    assert conn.execute("SELECT model, dimensions, version FROM semsearch.indexes").fetchone() == (
+        "all-MiniLM-L6-v2", 384, 1)
+    assert conn.execute("SELECT version, model, dimensions, store_table, phase FROM semsearch.builds").fetchone() == (
+        2, "other", 768, "store_articles_search_v2", "embedding")
+    assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attname = 'embedding' "
+                        "AND attrelid = 'semsearch.store_articles_search_v2'::regclass").fetchone()[0].endswith("(768)")
+    # The declaration as it was cancels the build.
+    Base.metadata.create_all(engine)
+    assert conn.execute("SELECT count(*), to_regclass('semsearch.store_articles_search_v2') FROM semsearch.builds"
+                        ).fetchone() == (0, None)
+    conn.execute("CREATE TABLE other_articles (id int PRIMARY KEY, title text)")
     with pytest.raises(psycopg.errors.RaiseException) as info:
-        conn.execute("SELECT semsearch.create_index('articles_search', 'articles', ARRAY['title'], 'other', 768)")
-    assert "already exists" in str(info.value)
+        conn.execute("SELECT semsearch.create_index('articles_search', 'other_articles', ARRAY['title'])")
+    assert "already exists on table" in str(info.value)
     assert "drop_index" in info.value.diag.message_hint
 
 
@@ -61,8 +74,8 @@ def test_cli_install_and_help(db_url):
     out = subprocess.run([sys.executable, "-m", "semsearch.cli", "install", "--url", db_url],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "version 0003" in out.stdout
-    for command in ("install", "worker", "status", "search", "demo", "backfill", "retry-failed", "server"):
+    assert "version 0004" in out.stdout
+    for command in ("install", "worker", "status", "search", "demo", "backfill", "reindex", "retry-failed", "server"):
         out = subprocess.run([sys.executable, "-m", "semsearch.cli", command, "--help"],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "usage: semsearch" in out.stdout, command

@@ -1,0 +1,255 @@
+"""Changing an index's model without downtime, the way users do it: the model's declaration changes and
+create_all runs (or `semsearch reindex`, or a migration), while `semsearch worker` runs as a process,
+the application keeps writing and its users keep searching through the ORM.
+
+The second model is real: the bundled all-MiniLM-L6-v2 with a fixed random projection to 256
+dimensions on top, saved as a sentence-transformers folder, so the switch also changes dimensions.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psycopg
+import pytest
+from sqlalchemy import Text, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from semsearch import SearchIndex
+from semsearch.database import sqlalchemy_url
+from semsearch.embedder import get_embedder, model_id
+from semsearch.query import serving_model
+
+WORDS = ("glacier", "volcano", "reef", "desert", "tundra", "canyon", "delta", "prairie", "fjord", "atoll")
+
+
+@pytest.fixture(scope="session")
+def projected_model(tmp_path_factory):
+    """A 256-dimensional model folder: the bundled model and a seeded Dense projection."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    from semsearch.embedder import resolve_model_path
+
+    folder = tmp_path_factory.mktemp("models") / "minilm-256"
+    base = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device="cpu")
+    torch.manual_seed(7)
+    dense = Dense(in_features=384, out_features=256, bias=False, activation_function=torch.nn.Identity())
+    SentenceTransformer(modules=[*base, dense], device="cpu").save(str(folder))
+    return str(folder)
+
+
+def declare(model: str | None = None, dimensions: int | None = None):
+    class Base(DeclarativeBase):
+        pass
+
+    options = {"model": model, "dimensions": dimensions} if model else {}
+
+    class Place(Base):
+        __tablename__ = "places"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        body: Mapped[str] = mapped_column(Text)
+        search = SearchIndex("body", name="places_search", **options)
+
+    return Base, Place
+
+
+def worker_process(db_url, *args):
+    return subprocess.Popen([sys.executable, "-m", "semsearch.cli", "worker", "--poll-interval", "0.5", *args],
+                            env={**os.environ, "SEMSEARCH_DATABASE_URL": db_url},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def text_of(i: int, version: int = 0) -> str:
+    return f"place {i}: a {WORDS[i % len(WORDS)]} seen on trip {version}"
+
+
+def test_a_live_index_changes_model_while_rows_are_written_and_searched(db_url, conn, projected_model):
+    OldBase, OldPlace = declare()
+    engine = create_engine(sqlalchemy_url(db_url))
+    OldBase.metadata.create_all(engine)
+    texts = {i: text_of(i) for i in range(1, 151)}
+    with Session(engine) as s:
+        s.add_all(OldPlace(id=i, body=t) for i, t in texts.items())
+        s.commit()
+    worker = worker_process(db_url)
+    try:
+        wait_for(lambda: conn.execute("SELECT documents, pending FROM semsearch.status").fetchone() == (150, 0),
+                 120, "the first model to embed every row")
+
+        # The application's next release declares the new model; its create_all starts the build.
+        NewBase, Place = declare(projected_model, 256)
+        stop = threading.Event()
+        searches, failures, empty, served = [], [], [], set()
+
+        def write():
+            rng = random.Random(1)
+            next_id, version = 151, 1
+            with psycopg.connect(db_url, autocommit=True) as writer:
+                while not stop.is_set():
+                    if rng.random() < 0.5:
+                        writer.execute("INSERT INTO places (id, body) VALUES (%s, %s)", (next_id, text_of(next_id)))
+                        texts[next_id] = text_of(next_id)
+                        next_id += 1
+                    else:
+                        i = rng.choice(list(texts))
+                        writer.execute("UPDATE places SET body = %s WHERE id = %s", (text_of(i, version), i))
+                        texts[i] = text_of(i, version)
+                        version += 1
+                    time.sleep(0.02)
+
+        def search():  # a session per request, as a web application has
+            while not stop.is_set():
+                word = random.choice(WORDS)
+                try:
+                    for query in (Place.search.hybrid(f"a {word}", limit=5), Place.search.semantic(word, limit=5)):
+                        with Session(engine) as s:
+                            rows = s.execute(query).all()
+                        searches.append(time.monotonic())
+                        served.add(serving_model(Place.search)[0])
+                        if not rows:
+                            empty.append(word)
+                except Exception as exc:  # any failure fails the test
+                    failures.append(repr(exc))
+
+        threads = [threading.Thread(target=write), threading.Thread(target=search)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        NewBase.metadata.create_all(engine)
+        assert conn.execute("SELECT model, dimensions FROM semsearch.indexes").fetchone() == ("all-MiniLM-L6-v2", 384)
+        build = conn.execute("SELECT build FROM semsearch.status").fetchone()[0]
+        assert build.startswith(f"v2 ({projected_model}, 256 dims)"), build
+        NewBase.metadata.create_all(engine)  # the same declaration again (another process starting): no new build
+        assert conn.execute("SELECT version FROM semsearch.builds").fetchone() == (2,)
+
+        wait_for(lambda: conn.execute("SELECT version, build FROM semsearch.status").fetchone() == (2, None),
+                 240, "the switch to the new model")
+        switched_at = time.monotonic()
+        time.sleep(7)  # searches go on across the switch (processes notice it within 5 s)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        wait_for(lambda: conn.execute("SELECT pending, in_flight FROM semsearch.status").fetchone() == (0, 0),
+                 120, "the worker to catch up")
+    finally:
+        worker.send_signal(signal.SIGINT)
+        output = worker.communicate(timeout=60)[0]
+    assert worker.returncode == 0, output
+
+    assert not failures, failures[:5]
+    assert not empty, f"{len(empty)} empty results"
+    assert sum(1 for t in searches if t < switched_at) > 10 and sum(1 for t in searches if t > switched_at) > 10
+    assert served == {"all-MiniLM-L6-v2", projected_model}  # each search embedded with the model the index served
+
+    # Every row embedded by the new model exactly once, from its current text; the old store retired.
+    embedder = get_embedder(projected_model)
+    rows = conn.execute("SELECT key::int, content, embedding::real[], model, count(*) OVER (PARTITION BY key) "
+                        "FROM semsearch.store_places_search_v2 ORDER BY key::int").fetchall()
+    assert {r[0]: r[1] for r in rows} == texts
+    assert all(r[4] == 1 for r in rows) and {r[3] for r in rows} == {model_id(embedder)}
+    sample = random.Random(2).sample(rows, 20)
+    expected = embedder.encode([r[1] for r in sample])
+    stored = np.array([r[2] for r in sample], dtype=np.float32)
+    cosines = (expected * stored).sum(1) / np.linalg.norm(expected, axis=1) / np.linalg.norm(stored, axis=1)
+    assert cosines.min() > 0.999, cosines.min()
+    assert conn.execute("SELECT store_table, model FROM semsearch.retired_stores").fetchall() == [
+        ("store_places_search", "all-MiniLM-L6-v2")]
+    assert conn.execute("SELECT count(*) FROM semsearch.failures").fetchone() == (0,)
+
+    # A vector of the old model is still served from the retired store until it is dropped.
+    old = get_embedder("all-MiniLM-L6-v2").encode(["a glacier"])[0]
+    assert conn.execute("SELECT count(*) FROM semsearch.semantic_search('places_search', %s::real[]::vector, 5, NULL, "
+                        "'all-MiniLM-L6-v2')", (old.tolist(),)).fetchone() == (5,)
+    conn.execute("UPDATE semsearch.retired_stores SET retired_at = now() - interval '2 minutes'")
+    out = subprocess.run([sys.executable, "-m", "semsearch.cli", "worker", "--drain"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "SEMSEARCH_DATABASE_URL": db_url})
+    assert out.returncode == 0, out.stderr
+    assert conn.execute("SELECT to_regclass('semsearch.store_places_search')").fetchone() == (None,)
+    assert conn.execute("SELECT count(*) FROM semsearch.retired_stores").fetchone() == (0,)
+    with pytest.raises(Exception, match="holds vectors of model"):
+        conn.execute("SELECT * FROM semsearch.semantic_search('places_search', %s::real[]::vector, 5, NULL, "
+                     "'all-MiniLM-L6-v2')", (old.tolist(),))
+    engine.dispose()
+
+
+def cli(db_url, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "semsearch.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "SEMSEARCH_DATABASE_URL": db_url})
+
+
+def test_reindex_refuses_wrong_models_and_keeps_serving(db_url, conn, projected_model):
+    Base, Place = declare()
+    engine = create_engine(sqlalchemy_url(db_url))
+    Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all(Place(id=i, body=text_of(i)) for i in range(1, 41))
+        s.commit()
+    assert cli(db_url, "worker", "--drain").returncode == 0
+
+    def search_works():
+        with Session(engine) as s:
+            return len(s.execute(Place.search.hybrid("a glacier", limit=3)).all()) == 3
+
+    # Refused when declared: what the model makes is known, or must be given; a bad memory size.
+    for args, message in ((["--model", "all-MiniLM-L6-v2", "--dimensions", "768"], "makes 384-dimensional vectors"),
+                          (["--model", projected_model], "give the dimensions of model"),
+                          (["--model", projected_model, "--dimensions", "256", "--maintenance-work-mem", "lots"],
+                           "maintenance_work_mem"),
+                          (["--storage", "float8"], "invalid choice")):
+        out = cli(db_url, "reindex", "places_search", *args)
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+    assert conn.execute("SELECT count(*) FROM semsearch.builds").fetchone() == (0,)
+
+    # A model that cannot be loaded, or that makes other vectors than declared: the build stops and
+    # says why; the current version keeps serving and the worker's other work goes on.
+    for model, dimensions, message in (("/nonexistent/model", "256", "cannot load embedding model '/nonexistent/model'"),
+                                       (projected_model, "300", "makes 256-dimensional vectors, not 300")):
+        out = cli(db_url, "reindex", "places_search", "--model", model, "--dimensions", dimensions)
+        assert out.returncode == 0 and "building version" in out.stdout, out.stderr
+        conn.execute("UPDATE places SET body = 'a changed reef' WHERE id = 1")
+        out = cli(db_url, "worker", "--drain")
+        assert out.returncode == 2 and "places_search: its new version cannot be built" in out.stderr, out.stderr
+        assert message in out.stderr, out.stderr
+        assert conn.execute("SELECT model, pending, failed FROM semsearch.status").fetchone() == ("all-MiniLM-L6-v2", 0, 0)
+        assert conn.execute("SELECT content FROM semsearch.store_places_search WHERE key = '1'").fetchone() == (
+            "a changed reef",)
+        assert message in cli(db_url, "status").stdout
+        assert search_works()
+
+    # The right dimensions: `reindex --wait` follows a running worker's build to the switch.
+    worker = worker_process(db_url)
+    try:
+        out = cli(db_url, "reindex", "places_search", "--model", projected_model, "--dimensions", "256",
+                  "--maintenance-work-mem", "128MB", "--wait")
+        assert out.returncode == 0 and "now serves version" in out.stdout, out.stderr
+    finally:
+        worker.send_signal(signal.SIGINT)
+        worker.communicate(timeout=60)
+    assert conn.execute("SELECT model, dimensions, version, build FROM semsearch.status").fetchone() == (
+        projected_model, 256, 4, None)  # (versions 2 and 3 were the stopped builds)
+    assert conn.execute("SELECT count(*) FROM semsearch.store_places_search_v4").fetchone() == (40,)
+    assert search_works()
+    # Back to the first model is another version, built the same way.
+    out = cli(db_url, "reindex", "places_search", "--model", "all-MiniLM-L6-v2")
+    assert "building version 5" in out.stdout, out.stdout + out.stderr
+    assert cli(db_url, "worker", "--drain").returncode == 0
+    assert conn.execute("SELECT model, dimensions, version FROM semsearch.status").fetchone() == (
+        "all-MiniLM-L6-v2", 384, 5)
+    engine.dispose()
