@@ -160,8 +160,7 @@ def cmd_search(args) -> None:
     from pgvector.psycopg import register_vector
     from psycopg import sql
 
-    from .embedder import get_embedder
-
+    from .embedder import encode_queries, get_embedder
     from .query import clean_query
 
     args.query = clean_query(args.query)
@@ -173,7 +172,7 @@ def cmd_search(args) -> None:
             rows = conn.execute("SELECT key, score FROM semsearch.keyword_search(%s, %s, %s, %s)",
                                 (args.index, args.query, args.limit, args.syntax)).fetchall()
         else:
-            vector = get_embedder(model).encode([args.query])[0]
+            vector = encode_queries(get_embedder(model), [args.query])[0]
             if args.mode == "semantic":
                 rows = conn.execute("SELECT key, score FROM semsearch.semantic_search(%s, %s, %s, query_model => %s)",
                                     (args.index, vector, args.limit, model)).fetchall()

@@ -16,7 +16,9 @@ CHARS_PER_TOKEN_LIMIT = 16  # no real token is longer; a chunk of n tokens holds
 
 
 class Embedder(Protocol):
-    """What the worker and the queries need from a model."""
+    """What the worker and the queries need from a model: documents (chunks) are embedded with
+    encode, queries with encode_query; a model that wants a prompt or prefix before either (e5's
+    "query: ", nomic's "search_query: ") adds it there, so the store and the queries always agree."""
 
     name: str
     dimensions: int
@@ -25,6 +27,14 @@ class Embedder(Protocol):
     def chunk(self, texts: Sequence[str], chunk_tokens: int | None, overlap: int) -> list[list[str]]: ...
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
+
+    def encode_query(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
+
+
+def encode_queries(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    """Queries' embeddings; an embedder without a query side embeds them as documents."""
+    encode = getattr(embedder, "encode_query", None) or embedder.encode
+    return encode(list(texts))
 
 
 def content_hash(model: str, chunk_tokens: int | None, overlap: int, text: str) -> bytes:
@@ -137,9 +147,19 @@ class SentenceTransformerEmbedder:
                 if any(len(chunk) > limit for chunk in chunks) else chunks for chunks in result]
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Documents, with the model's "document" prompt when its configuration has one."""
+        return self._encode(self.model.encode_document if hasattr(self.model, "encode_document") else
+                            self.model.encode, texts, batch_size)
+
+    def encode_query(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Queries, with the model's "query" prompt when its configuration has one."""
+        return self._encode(self.model.encode_query if hasattr(self.model, "encode_query") else
+                            self.model.encode, texts, batch_size)
+
+    def _encode(self, encode, texts: Sequence[str], batch_size: int) -> np.ndarray:
         with self._lock:  # one encode at a time: torch already uses every core
-            return self.model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                                     show_progress_bar=False).astype(np.float32, copy=False)
+            return encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                          show_progress_bar=False).astype(np.float32, copy=False)
 
 
 _cache: dict[str, Embedder] = {}

@@ -5,13 +5,14 @@ Retry-After), 5xx answers, timeouts and dropped connections with backoff.
 The index's model is the spec `openai:<model>` or `openai:<model>@<base URL>`, so a worker needs no
 application code: the registry holds the spec, the environment the key (SEMSEARCH_EMBEDDINGS_API_KEY,
 else OPENAI_API_KEY; a local server needs none). The base URL's query string may set `timeout`
-(seconds per request, default 60) and `max_retries` (default 5), e.g.
-`openai:nomic-embed-text@http://localhost:11434/v1?timeout=10`.
+(seconds per request, default 60), `max_retries` (default 5), and the prefixes a model wants before
+queries and documents (`query_prefix`, `document_prefix`, URL-encoded), e.g.
+`openai:nomic-embed-text@http://localhost:11434/v1?timeout=10&query_prefix=search_query:%20&document_prefix=search_document:%20`.
 """
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
@@ -22,11 +23,20 @@ SPEC_PREFIX = "openai:"
 CHARS_PER_TOKEN = 4  # the usual average for English text: this embedder has no tokenizer of the server's model
 DEFAULT_CHUNK_TOKENS = 512
 MAX_INPUTS_PER_REQUEST = 2048  # OpenAI's limit on inputs per request
-SPEC_OPTIONS = ("timeout", "max_retries")
+SPEC_OPTIONS = ("timeout", "max_retries", "query_prefix", "document_prefix")
 
 
-def parse_spec(spec: str) -> tuple[str, str | None, float, int]:
-    """(model, base URL or None, timeout, max_retries) of an `openai:` spec."""
+class Spec(NamedTuple):
+    model: str
+    base_url: str | None
+    timeout: float
+    max_retries: int
+    query_prefix: str
+    document_prefix: str
+
+
+def parse_spec(spec: str) -> Spec:
+    """What an `openai:` spec says."""
     rest = spec[len(SPEC_PREFIX):]
     model, _, base_url = rest.partition("@")
     if not model:
@@ -40,14 +50,17 @@ def parse_spec(spec: str) -> tuple[str, str | None, float, int]:
         unknown = sorted(set(options) - set(SPEC_OPTIONS))
         if unknown:
             raise ModelUnavailable(f"embedder spec {spec!r}: unknown option {', '.join(unknown)}; "
-                                   f"the base URL's query takes {' and '.join(SPEC_OPTIONS)}")
+                                   f"the base URL's query takes {', '.join(SPEC_OPTIONS)}")
         try:
             timeout = float(options.get("timeout", timeout))
             max_retries = int(options.get("max_retries", max_retries))
         except ValueError as exc:
             raise ModelUnavailable(f"embedder spec {spec!r}: timeout and max_retries must be numbers") from exc
         base_url = parts._replace(query="").geturl()
-    return model, base_url or None, timeout, max_retries
+    else:
+        options = {}
+    return Spec(model, base_url or None, timeout, max_retries, options.get("query_prefix", ""),
+                options.get("document_prefix", ""))
 
 
 class OpenAIEmbedder:
@@ -60,7 +73,7 @@ class OpenAIEmbedder:
             raise ModelUnavailable("the openai client is not installed: pip install 'semsearch[openai]'") from exc
         self.name = spec
         self.revision = ""  # the server's to keep: the spec names the model
-        self.model, base_url, timeout, max_retries = parse_spec(spec)
+        self.model, base_url, timeout, max_retries, self.query_prefix, self.document_prefix = parse_spec(spec)
         api_key = os.environ.get("SEMSEARCH_EMBEDDINGS_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
@@ -95,6 +108,14 @@ class OpenAIEmbedder:
         return result
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Documents' embeddings (after the spec's document_prefix)."""
+        return self._encode([self.document_prefix + t for t in texts] if self.document_prefix else texts, batch_size)
+
+    def encode_query(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Queries' embeddings (after the spec's query_prefix)."""
+        return self._encode([self.query_prefix + t for t in texts] if self.query_prefix else texts, batch_size)
+
+    def _encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         if not texts:
             return np.empty((0, self._dimensions or 0), dtype=np.float32)
         batch = max(1, min(batch_size, MAX_INPUTS_PER_REQUEST))

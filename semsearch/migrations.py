@@ -175,11 +175,14 @@ def _registry(connection) -> dict[str, IndexDefinition]:
     build = ("LEFT JOIN semsearch.builds b ON b.index_id = i.id" if connection.execute(
         text("SELECT to_regclass('semsearch.builds') IS NOT NULL")).scalar()
         else "LEFT JOIN (SELECT NULL::integer AS index_id, NULL AS model, NULL::integer AS dimensions, NULL AS distance, "
-             "NULL AS storage) b ON false")
+             "NULL AS storage, NULL::integer AS chunk_tokens, NULL::integer AS chunk_overlap) b ON false")
     rows = connection.execute(text(
         """SELECT i.name, c.relname, n.nspname, i.columns::text[] AS columns, coalesce(b.model, i.model) AS model,
                   coalesce(b.dimensions, i.dimensions) AS dimensions, coalesce(b.distance, i.distance) AS distance,
-                  i.ts_config::text AS ts_config, i.chunk_tokens, i.chunk_overlap, i.hnsw_m, i.hnsw_ef_construction,
+                  i.ts_config::text AS ts_config,
+                  CASE WHEN b.index_id IS NULL THEN i.chunk_tokens ELSE b.chunk_tokens END AS chunk_tokens,
+                  CASE WHEN b.index_id IS NULL THEN i.chunk_overlap ELSE b.chunk_overlap END AS chunk_overlap,
+                  i.hnsw_m, i.hnsw_ef_construction,
                   i.bm25_k1, i.bm25_b, coalesce(b.storage, i.storage) AS storage, (SELECT jsonb_object_agg(c, w) FROM unnest(i.columns::text[], i.column_weights) u(c, w)
                                               WHERE i.column_weights IS NOT NULL)
                       AS weights,

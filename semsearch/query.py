@@ -21,7 +21,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import Engine, Float, Integer, Select, Text, and_, cast, column, event, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
 
-from .embedder import get_embedder
+from .embedder import encode_queries, get_embedder
 from .errors import InvalidQuery
 from .options import (DEFAULT_FUSION, DEFAULT_KEYWORD_CANDIDATES, DEFAULT_SEMANTIC_CANDIDATES, DEFAULT_KEYWORD_WEIGHT, DEFAULT_RRF_K, DEFAULT_SEMANTIC_WEIGHT,
                       FUSIONS, KEYWORD_SYNTAXES, MAX_QUERY_CHARS, MAX_RESULTS)
@@ -87,7 +87,7 @@ def embed_query(index: "SearchIndex", query: str):
 def embed_for_search(index: "SearchIndex", query: str):
     """(model, embedding): the model is passed to the search functions with the vector it made."""
     model = serving_model(index)[0]
-    return model, get_embedder(model).encode([clean_query(query)])[0]
+    return model, encode_queries(get_embedder(model), [clean_query(query)])[0]
 
 
 async def embed_for_search_async(index: "SearchIndex", query: str):
@@ -95,10 +95,11 @@ async def embed_for_search_async(index: "SearchIndex", query: str):
     return await asyncio.to_thread(embed_for_search, index, query)
 
 
-def _vector_param(index: "SearchIndex", vector):
-    """The query vector as a bound parameter, checked with numpy (it is on the path of every query)."""
+def _vector_param(index: "SearchIndex", vector, embedded: bool = False):
+    """The query vector as a bound parameter, checked with numpy (it is on the path of every query).
+    A caller's vector must fit the model the index serves; one we embedded fits its own model."""
     values = np.asarray(vector, dtype=np.float32).ravel()
-    expected = serving_model(index)[1]
+    expected = None if embedded else serving_model(index)[1]
     if expected is not None and len(values) != expected:
         raise InvalidQuery(f"index {index.name!r} holds {expected}-dimensional vectors; "
                            f"the query vector has {len(values)}")
@@ -185,7 +186,7 @@ def semantic(index: "SearchIndex", query: str | None = None, *, vector=None, lim
     if vector is None:
         model, vector = embed_for_search(index, query)
     results = func.semsearch.semantic_search(
-        index.name, _vector_param(index, vector), window, filter_keys(index, filter), model
+        index.name, _vector_param(index, vector, model is not None), window, filter_keys(index, filter), model
     ).table_valued(*_ARM_COLUMNS)
     return _rank(index, results, limit)
 
@@ -217,7 +218,8 @@ def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, ca
     if vector is None:
         model, vector = embed_for_search(index, query)
     results = func.semsearch.hybrid_search(
-        index.name, query, _vector_param(index, vector), limit, None, rrf_k, semantic_weight, keyword_weight,
+        index.name, query, _vector_param(index, vector, model is not None), limit, None, rrf_k, semantic_weight,
+        keyword_weight,
         keyword_syntax, filter_keys(index, filter), fusion, semantic_depth, keyword_depth, model
     ).table_valued(column("key", Text), column("score", Float), column("semantic_rank", Integer),
                    column("keyword_rank", Integer), column("semantic_score", Float), column("keyword_score", Float))
@@ -232,7 +234,7 @@ def preload(*models: str) -> None:
     from .options import DEFAULT_MODEL
 
     for model in models or (DEFAULT_MODEL,):
-        get_embedder(model).encode(["warm-up"])
+        encode_queries(get_embedder(model), ["warm-up"])
 
 
 async def apreload(*models: str) -> None:

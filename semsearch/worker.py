@@ -70,6 +70,8 @@ class Version:
     model: str
     dimensions: int
     storage: str
+    chunk_tokens: int | None
+    chunk_overlap: int
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,10 @@ class BatchVersions:
     @classmethod
     def read(cls, conn: psycopg.Connection, index_id: int) -> "BatchVersions":
         r = conn.execute("SELECT * FROM semsearch.batch_versions(%s)", (index_id,)).fetchone()
-        build = Version(r.build_store, r.build_model, r.build_dimensions, r.build_storage) if r.build_store else None
-        return cls(Version(r.store_table, r.model, r.dimensions, r.storage), build, r.build_phase, r.build_problem)
+        build = Version(r.build_store, r.build_model, r.build_dimensions, r.build_storage, r.build_chunk_tokens,
+                        r.build_chunk_overlap) if r.build_store else None
+        return cls(Version(r.store_table, r.model, r.dimensions, r.storage, r.chunk_tokens, r.chunk_overlap), build,
+                   r.build_phase, r.build_problem)
 
 
 class RegistryChanged(Exception):
@@ -591,7 +595,11 @@ class Worker(VersionBuilder):
             # take them in, so a worker never deadlocks with them.
             conn.execute("SELECT semsearch.lock_for_batch(%s)", (ix.id,))
             versions = BatchVersions.read(conn, ix.id)
-            if versions.current != Version(ix.store_table, ix.model, ix.dimensions, ix.storage):
+            # A switch, or a build started or ended, since the registry was read (a busy worker reads it
+            # only between its batches' transactions, so this is where it learns of them).
+            if (versions.current != Version(ix.store_table, ix.model, ix.dimensions, ix.storage, ix.chunk_tokens,
+                                            ix.chunk_overlap)
+                    or (versions.build.model if versions.build else None) != ix.build_model):
                 raise RegistryChanged(ix.name)
             claimed = conn.execute(
                 """SELECT id, keys, attempts, queued_at FROM semsearch.queue
@@ -702,13 +710,14 @@ class Worker(VersionBuilder):
         model = model_id(embedder)
         changed: list[Item] = []
         for item in items:
-            item = replace(item, hash=content_hash(model, ix.chunk_tokens, ix.chunk_overlap, item.text), chunks=None)
+            item = replace(item, hash=content_hash(model, version.chunk_tokens, version.chunk_overlap, item.text),
+                           chunks=None)
             if current.get(item.key) != item.hash:  # else: already embedded from exactly this text
                 changed.append(item)
 
         failed: list[tuple[Item, str, bool]] = []
         to_embed: list[Item] = []
-        for item, chunks in zip(changed, self._chunk(embedder, ix, changed)):
+        for item, chunks in zip(changed, self._chunk(embedder, version, changed)):
             if isinstance(chunks, Exception):
                 failed.append((item, f"chunking failed: {chunks!r}", False))
             elif len(chunks) > self.max_chunks:
@@ -763,7 +772,7 @@ class Worker(VersionBuilder):
         return dict(conn.execute("SELECT key, content FROM semsearch.read_source(%s, %s)", (ix.id, keys)).fetchall())
 
     @staticmethod
-    def _chunk(embedder: Embedder, ix: IndexSpec, items: list[Item]) -> list[list[str] | Exception]:
+    def _chunk(embedder: Embedder, version: Version, items: list[Item]) -> list[list[str] | Exception]:
         """Chunk the batch in few tokenizer calls (each over at most TOKENIZE_CHARS characters, which
         bounds memory); item by item if one fails, to find the culprit."""
         groups, size = [[]], 0
@@ -774,14 +783,14 @@ class Worker(VersionBuilder):
             groups[-1].append(item)
             size += len(item.text)
         if len(groups) > 1:
-            return [chunks for group in groups for chunks in Worker._chunk(embedder, ix, group)]
+            return [chunks for group in groups for chunks in Worker._chunk(embedder, version, group)]
         try:
-            return embedder.chunk([i.text for i in items], ix.chunk_tokens, ix.chunk_overlap)
+            return embedder.chunk([i.text for i in items], version.chunk_tokens, version.chunk_overlap)
         except Exception:
             results: list[list[str] | Exception] = []
             for item in items:
                 try:
-                    results.extend(embedder.chunk([item.text], ix.chunk_tokens, ix.chunk_overlap))
+                    results.extend(embedder.chunk([item.text], version.chunk_tokens, version.chunk_overlap))
                 except Exception as exc:
                     results.append(exc)
             return results

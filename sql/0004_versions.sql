@@ -1,5 +1,5 @@
 -- semsearch schema, version 0004: versions of an index's vectors. A change of model, dimensions,
--- distance or storage builds a new version in the background (semsearch.builds) while queries keep
+-- distance or storage (with the chunking that comes with it) builds a new version in the background (semsearch.builds) while queries keep
 -- using the current one (semsearch.indexes.store_table); when it is complete, the registry switches to
 -- it in one transaction, and the old store is kept a short while (semsearch.retired_stores) for the
 -- queries that still embed with the old model, then dropped.
@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS semsearch.builds (
     dimensions      integer NOT NULL CHECK (dimensions BETWEEN 1 AND 16000),
     distance        text NOT NULL CHECK (distance IN ('cosine', 'l2', 'inner_product')),
     storage         text NOT NULL CHECK (storage IN ('vector', 'halfvec')),
+    chunk_tokens    integer CHECK (chunk_tokens > 0),
+    chunk_overlap   integer NOT NULL CHECK (chunk_overlap >= 0),
     store_table     name NOT NULL,
     maintenance_work_mem text,  -- for the HNSW build (NULL: the server's setting)
     phase           text NOT NULL DEFAULT 'embedding' CHECK (phase IN ('embedding', 'indexing', 'ready')),
@@ -33,6 +35,15 @@ CREATE TABLE IF NOT EXISTS semsearch.builds (
     problem         text,
     started_at      timestamptz NOT NULL DEFAULT now()
 );
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'semsearch.builds'::regclass
+                   AND attname = 'chunk_tokens' AND NOT attisdropped) THEN  -- (a pre-release 0004)
+        ALTER TABLE semsearch.builds ADD COLUMN chunk_tokens integer CHECK (chunk_tokens > 0),
+                                     ADD COLUMN chunk_overlap integer NOT NULL DEFAULT 32 CHECK (chunk_overlap >= 0);
+    END IF;
+END $$;
 
 -- Keys written while the new version's HNSW index was being built: embedded into it before the switch.
 CREATE TABLE IF NOT EXISTS semsearch.build_keys (

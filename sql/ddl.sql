@@ -59,6 +59,8 @@ BEGIN
                           AND NOT p.proargnames && ARRAY['filter_keys'])
                       OR (p.proname IN ('hybrid_search', 'check_search_args') AND NOT p.proargnames && ARRAY['fusion'])
                       OR (p.proname IN ('semantic_search', 'hybrid_search') AND NOT p.proargnames && ARRAY['query_model'])
+                      OR (p.proname = 'start_build' AND p.pronargs = 6)
+                      OR (p.proname = 'batch_versions' AND NOT p.proargnames && ARRAY['build_chunk_tokens'])
                       OR (p.proname = 'keyword_arm' AND NOT p.proargnames && ARRAY['rescored'])
                       OR (p.proname = 'keyword_sql' AND NOT p.proargnames && ARRAY['scoring'])
                       OR (p.proname = 'chunk_rows' AND p.pronargs = 1)
@@ -404,7 +406,7 @@ BEGIN
     RETURN ix.id;
 END $fn$;
 
--- A change of vectors (model, dimensions, distance, storage): checked, then built as a new version in
+-- A change of vectors (model, dimensions, distance, storage, with chunking): checked, then built as a new version in
 -- the background (semsearch.start_build) while the current one keeps serving. maintenance_work_mem
 -- (e.g. '1GB') is what the version's HNSW build may use.
 CREATE OR REPLACE FUNCTION semsearch.alter_vectors(ix semsearch.indexes, changes jsonb)
@@ -416,6 +418,8 @@ DECLARE
     dims       integer;
     dist       text;
     store_type text;
+    chunks     integer;
+    overlap    integer;
     work_mem   text := changes ->> 'maintenance_work_mem';
 BEGIN
     SELECT * INTO b FROM semsearch.builds x WHERE x.index_id = ix.id;
@@ -426,6 +430,12 @@ BEGIN
                      b.dimensions, ix.dimensions);
     dist := coalesce(changes ->> 'distance', b.distance, ix.distance);
     store_type := coalesce(changes ->> 'storage', b.storage, ix.storage);
+    -- Chunking given, else the build's, else the new model's default when the model changes, else the current.
+    chunks := CASE WHEN changes ? 'chunk_tokens' THEN (changes ->> 'chunk_tokens')::integer
+                   WHEN changes ? 'model' AND new_model <> coalesce(b.model, ix.model)
+                        THEN ({{known_chunk_tokens}}::jsonb ->> new_model)::integer
+                   WHEN b.index_id IS NOT NULL THEN b.chunk_tokens ELSE ix.chunk_tokens END;
+    overlap := coalesce((changes ->> 'chunk_overlap')::integer, b.chunk_overlap, ix.chunk_overlap);
     IF new_model IS NULL OR new_model = '' THEN
         RAISE EXCEPTION 'semsearch index "%": model must be a model name', ix.name;
     ELSIF dims IS NULL OR (changes ? 'model' AND NOT changes ? 'dimensions' AND known IS NULL
@@ -441,11 +451,13 @@ BEGIN
         RAISE EXCEPTION 'unknown distance "%"', dist USING HINT = 'Use cosine, l2 or inner_product.';
     ELSIF store_type NOT IN ('vector', 'halfvec') THEN
         RAISE EXCEPTION 'unknown storage "%"', store_type USING HINT = 'Use vector (float4) or halfvec (float2).';
+    ELSIF chunks < 1 OR overlap < 0 THEN
+        RAISE EXCEPTION 'semsearch index "%": chunk_tokens must be at least 1 (or NULL) and chunk_overlap 0 or more', ix.name;
     END IF;
     IF work_mem IS NOT NULL THEN  -- refused now, not when the worker reaches the HNSW build (the
         PERFORM set_config('maintenance_work_mem', work_mem, true);  -- function's SET clause restores it)
     END IF;
-    PERFORM semsearch.start_build(ix, new_model, dims, dist, store_type, work_mem);
+    PERFORM semsearch.start_build(ix, new_model, dims, dist, store_type, chunks, overlap, work_mem);
 END $$;
 
 -- Change an index in place. `changes` holds the options to change, e.g.
@@ -476,8 +488,12 @@ BEGIN
                          'weights, bm25_k1, bm25_b and (building a new version in the background) model, dimensions, '
                          'distance and storage, whose HNSW build takes maintenance_work_mem.';
     END IF;
-    IF changes ?| ARRAY['model', 'dimensions', 'distance', 'storage', 'maintenance_work_mem'] THEN
+    -- Other vectors build a new version; so does chunking that comes with them or changes during a build.
+    IF changes ?| ARRAY['model', 'dimensions', 'distance', 'storage', 'maintenance_work_mem']
+       OR (changes ?| ARRAY['chunk_tokens', 'chunk_overlap'] AND EXISTS (SELECT 1 FROM semsearch.builds b
+                                                                          WHERE b.index_id = old.id)) THEN
         PERFORM semsearch.alter_vectors(old, changes);
+        changes := changes - 'chunk_tokens' - 'chunk_overlap';
     END IF;
     IF changes ? 'columns' THEN
         FOR col IN SELECT jsonb_array_elements_text(changes -> 'columns') LOOP

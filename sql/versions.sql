@@ -43,7 +43,7 @@ END $fn$;
 -- Start building a version with these vectors (alter_index calls it). The same target again changes
 -- nothing; another target replaces the build in progress; the current version's own target cancels it.
 CREATE OR REPLACE FUNCTION semsearch.start_build(ix semsearch.indexes, new_model text, new_dimensions integer,
-    new_distance text, new_storage text, work_mem text)
+    new_distance text, new_storage text, new_chunk_tokens integer, new_chunk_overlap integer, work_mem text)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b      semsearch.builds;
@@ -51,7 +51,8 @@ DECLARE
     next_version integer;
 BEGIN
     SELECT * INTO b FROM semsearch.builds WHERE index_id = ix.id FOR UPDATE;
-    IF FOUND AND (b.model, b.dimensions, b.distance, b.storage) = (new_model, new_dimensions, new_distance, new_storage) THEN
+    IF FOUND AND (b.model, b.dimensions, b.distance, b.storage, b.chunk_tokens, b.chunk_overlap)
+                 IS NOT DISTINCT FROM (new_model, new_dimensions, new_distance, new_storage, new_chunk_tokens, new_chunk_overlap) THEN
         UPDATE semsearch.builds SET maintenance_work_mem = coalesce(work_mem, maintenance_work_mem) WHERE index_id = ix.id;
         RETURN;
     END IF;
@@ -59,6 +60,11 @@ BEGIN
         PERFORM semsearch.cancel_build(ix);
     END IF;
     IF (ix.model, ix.dimensions, ix.distance, ix.storage) = (new_model, new_dimensions, new_distance, new_storage) THEN
+        -- Back to the current vectors: chunking alone changes in place (alter_index).
+        IF (ix.chunk_tokens, ix.chunk_overlap) IS DISTINCT FROM (new_chunk_tokens, new_chunk_overlap) THEN
+            PERFORM semsearch.alter_index(ix.name, jsonb_build_object('chunk_tokens', new_chunk_tokens,
+                                                                      'chunk_overlap', new_chunk_overlap));
+        END IF;
         RETURN;
     END IF;
     next_version := greatest(ix.version, b.version) + 1;
@@ -66,9 +72,10 @@ BEGIN
                                    new_distance, new_storage);
     PERFORM semsearch.create_store(target);
     PERFORM semsearch.apply_access(target);
-    INSERT INTO semsearch.builds (index_id, version, model, dimensions, distance, storage, store_table,
-                                  maintenance_work_mem, rows_total)
-    VALUES (ix.id, next_version, new_model, new_dimensions, new_distance, new_storage, target.store_table, work_mem,
+    INSERT INTO semsearch.builds (index_id, version, model, dimensions, distance, storage, chunk_tokens, chunk_overlap,
+                                  store_table, maintenance_work_mem, rows_total)
+    VALUES (ix.id, next_version, new_model, new_dimensions, new_distance, new_storage, new_chunk_tokens,
+            new_chunk_overlap, target.store_table, work_mem,
             (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = ix.source));
     PERFORM pg_notify('semsearch', ix.id::text);
 END $$;
@@ -89,15 +96,16 @@ END $$;
 -- one being built (NULL columns when none). The build row is held (FOR KEY SHARE) until the batch
 -- commits, so a phase change or the switch waits for batches that saw the previous state.
 CREATE OR REPLACE FUNCTION semsearch.batch_versions(index_id integer)
-RETURNS TABLE (store_table name, model text, dimensions integer, storage text, build_store name, build_model text,
-               build_dimensions integer, build_storage text, build_phase text, build_problem text)
+RETURNS TABLE (store_table name, model text, dimensions integer, storage text, chunk_tokens integer,
+               chunk_overlap integer, build_store name, build_model text, build_dimensions integer, build_storage text,
+               build_chunk_tokens integer, build_chunk_overlap integer, build_phase text, build_problem text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b semsearch.builds;
 BEGIN
     SELECT * INTO b FROM semsearch.builds x WHERE x.index_id = batch_versions.index_id FOR KEY SHARE;
-    RETURN QUERY SELECT i.store_table, i.model, i.dimensions, i.storage, b.store_table, b.model, b.dimensions,
-                        b.storage, b.phase, b.problem
+    RETURN QUERY SELECT i.store_table, i.model, i.dimensions, i.storage, i.chunk_tokens, i.chunk_overlap,
+                        b.store_table, b.model, b.dimensions, b.storage, b.chunk_tokens, b.chunk_overlap, b.phase, b.problem
                    FROM semsearch.indexes i WHERE i.id = batch_versions.index_id;
 END $$;
 
@@ -205,7 +213,8 @@ BEGIN
     INSERT INTO semsearch.retired_stores (index_id, store_table, model, dimensions, distance, storage)
     VALUES (ix.id, ix.store_table, ix.model, ix.dimensions, ix.distance, ix.storage) ON CONFLICT DO NOTHING;
     UPDATE semsearch.indexes i SET store_table = b.store_table, model = b.model, dimensions = b.dimensions,
-           distance = b.distance, storage = b.storage, version = b.version, model_revision = nullif(revision, '')
+           distance = b.distance, storage = b.storage, chunk_tokens = b.chunk_tokens, chunk_overlap = b.chunk_overlap,
+           version = b.version, model_revision = nullif(revision, '')
      WHERE i.id = ix.id;
     DELETE FROM semsearch.builds x WHERE x.index_id = b.index_id;
     RETURN true;

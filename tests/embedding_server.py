@@ -61,7 +61,7 @@ class Handler(BaseHTTPRequestHandler):
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         status = fault.get("status", 200)
         with lock:
-            requests.append({"at": time.time(), "status": status, "inputs": len(inputs), "fault": fault})
+            requests.append({"at": time.time(), "status": status, "inputs": inputs, "fault": fault})
         if "delay" in fault:
             time.sleep(fault["delay"])
         if status != 200:

@@ -209,3 +209,30 @@ def test_offline_sql_builds_a_working_index_with_psql(project, server_url, db_ur
         assert store_rows(conn) == {"7": ["offline\n\nworks\n\ntoo"]}
         assert conn.execute("SELECT key FROM semsearch.keyword_search('articles_search', 'offline works', 5)"
                             ).fetchall() == [("7",)]
+
+
+def test_a_new_model_autogenerates_a_version_build_and_reverses(project, db_url, conn, fake_embedder):
+    alembic(project, "upgrade", "head", url=db_url)
+    conn.execute("INSERT INTO articles (id, title, body, summary) VALUES (1, 'Parsing options', 'argparse', 'cli')")
+    drain(db_url, fake_embedder("all-MiniLM-L6-v2"))
+
+    write_models(project, options=", model='my-org/other-model', dimensions=768, storage='halfvec'")
+    alembic(project, "revision", "--autogenerate", "-m", "other model", "--rev-id", "0003", url=db_url)
+    revision = next((project / "migrations" / "versions").glob("0003_*.py")).read_text()
+    # (chunk_tokens: the other model's window, the default for a model semsearch does not know)
+    assert ("op.alter_search_index('articles_search', chunk_tokens=None, model='my-org/other-model', dimensions=768, "
+            "storage='halfvec', existing={'chunk_tokens': 128, 'model': 'all-MiniLM-L6-v2', 'dimensions': 384, "
+            "'storage': 'vector'})") in revision, revision
+    alembic(project, "upgrade", "head", url=db_url)
+    # The current version serves on, chunking included; the new one waits for a worker with that model.
+    model, version, build = conn.execute("SELECT model, version, build FROM semsearch.status").fetchone()
+    assert (model, version) == ("all-MiniLM-L6-v2", 1)
+    assert build.startswith("v2 (my-org/other-model, 768 dims): embedded 0"), build
+    assert conn.execute("SELECT i.chunk_tokens, b.chunk_tokens, b.storage FROM semsearch.indexes i "
+                        "JOIN semsearch.builds b ON b.index_id = i.id").fetchone() == (128, None, "halfvec")
+    out = alembic(project, "check", url=db_url)
+    assert "No new upgrade operations detected" in out.stdout + out.stderr
+    alembic(project, "downgrade", "0002", url=db_url)  # back to the current model: the build is cancelled
+    assert conn.execute("SELECT count(*), to_regclass('semsearch.store_articles_search_v2') FROM semsearch.builds"
+                        ).fetchone() == (0, None)
+    assert store_rows(conn) == {"1": ["Parsing options\n\nargparse\n\ncli"]}

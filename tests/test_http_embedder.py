@@ -202,7 +202,8 @@ def test_a_server_answering_with_another_dimension_stores_nothing(server, ticket
 
 
 def test_a_spec_with_a_typo_is_refused_when_declared():
-    with pytest.raises(ValueError, match="unknown option timout; the base URL's query takes timeout and max_retries"):
+    with pytest.raises(ValueError, match="unknown option timout; the base URL's query takes timeout, max_retries, "
+                                         "query_prefix, document_prefix"):
         SearchIndex("body", model=f"openai:m@http://127.0.0.1:{PORT}/v1?timout=5", dimensions=384)
 
 
@@ -238,3 +239,36 @@ def counts_of(conn, index):
     return conn.execute(
         f"SELECT (SELECT count(*) FROM semsearch.store_{index}), (SELECT count(*) FROM semsearch.failures), "
         "(SELECT coalesce(sum(cardinality(keys)), 0) FROM semsearch.queue)").fetchone()
+
+
+def test_prefixes_for_queries_and_documents_reach_the_server(server, db_url, conn):
+    """A model that wants "query: " / "passage: " before its inputs gets them from the spec: the worker
+    sends documents with one, the ORM's queries with the other."""
+
+    class Prefixed(DeclarativeBase):
+        pass
+
+    class Memo(Prefixed):
+        __tablename__ = "prefixed_memos"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        body: Mapped[str]
+        search = SearchIndex("body", model=f"openai:all-MiniLM-L6-v2@http://127.0.0.1:{PORT}/v1?query_prefix=query:%20"
+                                           "&document_prefix=passage:%20", dimensions=384)
+
+    engine = create_engine(sqlalchemy_url(db_url))
+    Prefixed.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all(Memo(id=i, body=f"memo {i} about {BODIES[i % 4]}") for i in range(1, 4))
+        s.commit()
+    result = subprocess.run([sys.executable, "-m", "semsearch.cli", "worker", "--drain"], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "SEMSEARCH_DATABASE_URL": db_url})
+    assert result.returncode == 0, result.stderr
+    documents = [i for r in server.requests() for i in r["inputs"] if "memo" in i]
+    assert sorted(documents) == sorted(f"passage: memo {i} about {BODIES[i % 4]}" for i in range(1, 4))
+    with Session(engine) as s:
+        assert len(s.execute(Memo.search.hybrid("printer jam", limit=3)).all()) == 3
+    assert [i for r in server.requests() for i in r["inputs"] if "printer jam" in i] == ["query: printer jam"]
+    # The store keeps the text as written, without the prefix.
+    assert conn.execute("SELECT content FROM semsearch.store_prefixed_memos_search ORDER BY key").fetchall()[0] == (
+        f"memo 1 about {BODIES[1]}",)
+    engine.dispose()

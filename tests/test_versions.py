@@ -67,12 +67,15 @@ def worker_process(db_url, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(condition, timeout: float, what: str):
+def wait_for(condition, timeout: float, what: str, worker=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.2)
+    if worker is not None:
+        worker.send_signal(signal.SIGINT)
+        what += ":\n" + worker.communicate(timeout=60)[0][-5000:]
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -91,7 +94,7 @@ def test_a_live_index_changes_model_while_rows_are_written_and_searched(db_url, 
     worker = worker_process(db_url)
     try:
         wait_for(lambda: conn.execute("SELECT documents, pending FROM semsearch.status").fetchone() == (150, 0),
-                 120, "the first model to embed every row")
+                 120, "the first model to embed every row", worker)
 
         # The application's next release declares the new model; its create_all starts the build.
         NewBase, Place = declare(projected_model, 256)
@@ -140,17 +143,18 @@ def test_a_live_index_changes_model_while_rows_are_written_and_searched(db_url, 
         assert conn.execute("SELECT version FROM semsearch.builds").fetchone() == (2,)
 
         wait_for(lambda: conn.execute("SELECT version, build FROM semsearch.status").fetchone() == (2, None),
-                 240, "the switch to the new model")
+                 240, "the switch to the new model", worker)
         switched_at = time.monotonic()
         time.sleep(7)  # searches go on across the switch (processes notice it within 5 s)
         stop.set()
         for t in threads:
             t.join(30)
         wait_for(lambda: conn.execute("SELECT pending, in_flight FROM semsearch.status").fetchone() == (0, 0),
-                 120, "the worker to catch up")
+                 120, "the worker to catch up", worker)
     finally:
-        worker.send_signal(signal.SIGINT)
-        output = worker.communicate(timeout=60)[0]
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGINT)
+            output = worker.communicate(timeout=60)[0]
     assert worker.returncode == 0, output
 
     assert not failures, failures[:5]
