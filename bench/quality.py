@@ -3,6 +3,8 @@ the public API: a model with a SearchIndex, create_all, the worker, and the ORM'
 
 Prints nDCG@10 (of limit=10 searches) and recall@100 (of limit=100) per mode; the last lines are
 ndcg10_keyword, ndcg10_semantic and ndcg10_hybrid. Embedding the 5,183 abstracts takes a few minutes on a CPU.
+--model picks the embedder (e.g. onnx:all-MiniLM-L6-v2); on a kept --database indexed with another
+model, that is a model change: the worker builds the new version and switches to it before the queries.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from sqlalchemy import Text, create_engine, inspect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from common import SCIFACT, scratch_database
-from semsearch import SearchIndex, Worker
+from semsearch import IndexOptions, SearchIndex, Worker
 from semsearch.database import sqlalchemy_url
 
 DATA = Path(SCIFACT).parent
@@ -63,7 +65,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=0, help="only the first N queries (0: all)")
     parser.add_argument("--database", help="use this database and keep it (loaded and indexed only when its "
                                            "table is missing), instead of a scratch one")
+    parser.add_argument("--model", help="the index's model (default: semsearch's default model)")
     args = parser.parse_args()
+    if args.model:
+        Paper.search.options = IndexOptions(model=args.model)
     corpus, queries, qrels = load()
     if args.queries:
         queries = dict(list(queries.items())[:args.queries])
@@ -74,6 +79,7 @@ def main() -> None:
             with Session(engine) as session:
                 session.add_all(Paper(id=d["_id"], title=d["title"], body=d["text"]) for d in corpus)
                 session.commit()
+        Base.metadata.create_all(engine)  # (another model than the kept database's: a new version)
         started = time.monotonic()
         Worker(url).run(drain=True)
         print(f"indexed {len(corpus)} documents in {time.monotonic() - started:.0f} s")
@@ -91,7 +97,7 @@ def main() -> None:
                         ranked = [paper.id for paper, _ in session.execute(stmt)]
                         scores[mode][into].append(measure(ranked, qrels[qid]))
         engine.dispose()
-    print(f"{len(queries)} train queries")
+    print(f"{len(queries)} train queries, model {Paper.search.model}")
     for mode in MODES:
         ndcg, recall = scores[mode]
         print(f"{mode:<9} nDCG@10 {sum(ndcg) / len(ndcg):.4f}  recall@100 {sum(recall) / len(recall):.4f}")

@@ -1,4 +1,5 @@
-"""Worker throughput against the model's own speed, and a new version's bulk build against incremental inserts.
+"""Worker throughput against the model's own speed (with torch and with ONNX Runtime in int8), and a new
+version's bulk build against incremental inserts.
 
 The same texts are embedded by SentenceTransformer.encode (batch 64) and by a running worker
 (batch 64: claim -> read -> index keywords -> chunk -> embed -> COPY into the store -> commit), round
@@ -8,7 +9,8 @@ the overflow as extra chunks instead of truncating it).
 
 The store starts with FILLER rows of realistic vectors (the texts' own embeddings plus small noise),
 so the worker inserts into an HNSW index of production size, not an empty one. Before each timed
-part the queue is drained and the worker idle, and every wait has a deadline.
+part the queue is drained and the worker idle, and every wait has a deadline. onnx_vs_torch: worker
+rows/s with the model as `onnx:all-MiniLM-L6-v2` over rows/s with torch, rounds alternating.
 
 bulk_build_vs_incremental: BUILD_ROWS rows through a worker with a zero-cost embedder (a lookup of
 realistic vectors: SciFact embeddings plus noise), once as incremental inserts into the HNSW-indexed
@@ -66,6 +68,9 @@ def main() -> None:
     options = IndexOptions(chunk_overlap=0)
     texts = [chunks[0] for chunks in embedder.chunk([f"{t}\n\n{b}" for t, b in corpus(DOCS)], options.chunk_tokens, 0)]
     embedder.encode(texts[:BATCH], batch_size=BATCH)  # warm up
+    onnx = get_embedder(f"onnx:{embedder.name}")
+    onnx.encode(texts[:BATCH], batch_size=BATCH)
+    agreement = np.einsum("ij,ij->i", onnx.encode(texts[:BATCH]), embedder.encode(texts[:BATCH]))
     with scratch_database() as url:
         install(create_engine(sqlalchemy_url(url)))
         with psycopg.connect(url, autocommit=True) as conn:
@@ -89,23 +94,31 @@ def main() -> None:
                 return conn.execute("SELECT count(*) = 0 FROM semsearch.queue").fetchone()[0]
 
             # A running worker, as in production: each round queues the texts and waits until all
-            # are in the store, so start-up and shutdown are not counted.
-            worker = Worker(url, batch_size=BATCH, poll_interval=1.0, embedder_factory=lambda model: embedder)
+            # are in the store, so start-up and shutdown are not counted. Its model is switched
+            # between torch and ONNX Runtime (int8) round by round.
+            switch = Switch(embedder)
+            worker = Worker(url, batch_size=BATCH, poll_interval=1.0, embedder_factory=lambda model: switch)
             thread = threading.Thread(target=worker.run)
             thread.start()
-            encode_rates, worker_rates = [], []
+            encode_rates, worker_rates, onnx_rates = [], [], []
+
+            def worker_round(model) -> float:
+                switch.target = model
+                wait_for(idle, "an empty queue")
+                conn.execute("DELETE FROM semsearch.store_docs_search WHERE key = ANY(%s)", (keys,))
+                start = time.perf_counter()
+                conn.execute("SELECT semsearch.request_backfill('docs_search')")
+                wait_for(lambda: stored() == len(texts), "the worker to store every text")
+                return len(texts) / (time.perf_counter() - start)
+
             try:
                 for _ in range(ROUNDS):
                     wait_for(idle, "an empty queue")
                     start = time.perf_counter()
                     embedder.encode(texts, batch_size=BATCH)
                     encode_rates.append(len(texts) / (time.perf_counter() - start))
-
-                    conn.execute("DELETE FROM semsearch.store_docs_search WHERE key = ANY(%s)", (keys,))
-                    start = time.perf_counter()
-                    conn.execute("SELECT semsearch.request_backfill('docs_search')")
-                    wait_for(lambda: stored() == len(texts), "the worker to store every text")
-                    worker_rates.append(len(texts) / (time.perf_counter() - start))
+                    worker_rates.append(worker_round(embedder))
+                    onnx_rates.append(worker_round(onnx))
             finally:
                 worker.stop()
                 thread.join()
@@ -116,7 +129,28 @@ def main() -> None:
     print(f"worker_rows_per_s: {statistics.median(worker_rates):.1f}")
     print(f"per-round ratios: {', '.join(f'{r:.3f}' for r in ratios)}")
     print(f"worker_vs_encode: {statistics.median(ratios):.3f}")
+    onnx_ratios = [o / w for o, w in zip(onnx_rates, worker_rates)]
+    print(f"onnx (int8) worker_rows_per_s: {statistics.median(onnx_rates):.1f}; per-round ratios to torch: "
+          f"{', '.join(f'{r:.3f}' for r in onnx_ratios)}; cosine to torch's vectors: min {agreement.min():.4f}")
+    print(f"onnx_vs_torch: {statistics.median(onnx_ratios):.3f}")
     print(f"bulk_build_vs_incremental: {bulk:.2f}")
+
+
+class Switch:
+    """One worker, two models: the one it embeds with is switched between rounds. No revision, so the
+    worker never takes the switch for an upgraded model."""
+
+    revision = ""
+
+    def __init__(self, target):
+        self.target = target
+        self.name, self.dimensions = target.name, target.dimensions
+
+    def chunk(self, texts, chunk_tokens, overlap):
+        return self.target.chunk(texts, chunk_tokens, overlap)
+
+    def encode(self, texts, batch_size=64):
+        return self.target.encode(texts, batch_size=batch_size)
 
 
 class LookupEmbedder:

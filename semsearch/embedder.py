@@ -168,11 +168,16 @@ _cache_lock = threading.Lock()
 
 def make_embedder(spec: str) -> Embedder:
     """The embedder an index's model spec names: `openai:<model>[@<base URL>]` for an OpenAI-compatible
-    server (semsearch.http_embedder), anything else a sentence-transformers model name or folder."""
+    server (semsearch.http_embedder), `onnx:<model>` for a sentence-transformers model run by ONNX
+    Runtime in int8 (semsearch.onnx_embedder), anything else a sentence-transformers model name or folder."""
     if spec.startswith("openai:"):
         from .http_embedder import OpenAIEmbedder
 
         return OpenAIEmbedder(spec)
+    if spec.startswith("onnx:"):
+        from .onnx_embedder import OnnxEmbedder
+
+        return OnnxEmbedder(spec)
     return SentenceTransformerEmbedder(spec)
 
 

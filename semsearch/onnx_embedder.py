@@ -1,0 +1,135 @@
+"""Embeddings with ONNX Runtime: a sentence-transformers model exported to ONNX once and quantised to
+int8 (dynamic, per output channel, the weights of its dense layers only: the attention products stay
+float, which keeps the vectors within cosine 0.99 of the original's), cached on disk.
+
+The index's model is the spec `onnx:<model name or folder>`, e.g. `onnx:all-MiniLM-L6-v2`. Tokenizer,
+chunking, prompts and revision are the sentence-transformers model's, so only the encoder differs.
+Models made of a transformer, a mean or CLS pooling and an optional normalisation are supported (the
+usual sentence-transformers layout). Needs `pip install 'semsearch[onnx]'` (onnxruntime, onnx).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import ModelUnavailable
+
+SPEC_PREFIX = "onnx:"
+QUANTISATION = "int8"  # part of the revision: vectors of another scheme are other vectors
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SEMSEARCH_ONNX_CACHE", Path.home() / ".cache" / "semsearch" / "onnx"))
+
+
+class OnnxEmbedder:
+    """A sentence-transformers model run by ONNX Runtime, int8."""
+
+    def __init__(self, spec: str):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelUnavailable("onnxruntime is not installed: pip install 'semsearch[onnx]'") from exc
+        from .embedder import SentenceTransformerEmbedder
+
+        self.base = SentenceTransformerEmbedder(spec[len(SPEC_PREFIX):])
+        modules = {type(m).__name__: m for m in self.base.model}
+        if set(modules) - {"Transformer", "Pooling", "Normalize"} or "Pooling" not in modules:
+            raise ModelUnavailable(f"{spec}: the ONNX embedder runs models made of Transformer, Pooling and Normalize "
+                                   f"modules; this one has {', '.join(modules)}")
+        self.pooling = modules["Pooling"].get_config_dict().get("pooling_mode", "mean")
+        if self.pooling not in ("mean", "cls"):
+            raise ModelUnavailable(f"{spec}: the ONNX embedder pools by mean or CLS, not {self.pooling}")
+        self.normalize = "Normalize" in modules
+        self.name = spec
+        self.dimensions = self.base.dimensions
+        self.revision = f"{self.base.revision}-{QUANTISATION}" if self.base.revision else QUANTISATION
+        self.tokenizer = self.base.tokenizer
+        self.max_length = int(self.base.model.max_seq_length)
+        self.inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self.tokenizer(["x"])]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self._model_file()), options, providers=["CPUExecutionProvider"])
+        self._lock = threading.Lock()
+
+    def _model_file(self) -> Path:
+        """The quantised model, exported on first use (a few seconds) and kept in cache_dir()."""
+        key = hashlib.sha256(f"{self.base.name}\0{self.revision}".encode()).hexdigest()[:16]
+        path = cache_dir() / f"{key}.onnx"
+        if path.exists():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as work:
+            exported, quantised = Path(work) / "model.onnx", Path(work) / "model-int8.onnx"
+            self._export(exported)
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(exported, quantised, weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"],
+                             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})  # (1: float)
+            os.replace(quantised, path)  # atomic: another process exporting at once replaces it alike
+        return path
+
+    def _export(self, target: Path) -> None:
+        import torch
+
+        model = self.base.model[0].auto_model.eval()
+        names = self.inputs
+
+        class Encoder(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, *tensors):
+                return self.model(**dict(zip(names, tensors))).last_hidden_state
+
+        sample = self.tokenizer(["an example sentence", "another"], padding=True, return_tensors="pt")
+        axes = {n: {0: "batch", 1: "tokens"} for n in names + ["last_hidden_state"]}
+        try:
+            torch.onnx.export(Encoder(), tuple(sample[n] for n in names), str(target), input_names=names,
+                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        except Exception as exc:
+            raise ModelUnavailable(f"{self.name}: could not export the model to ONNX: {exc}") from exc
+
+    def chunk(self, texts: Sequence[str], chunk_tokens: int | None, overlap: int) -> list[list[str]]:
+        return self.base.chunk(texts, chunk_tokens, overlap)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Documents, after the model's "document" prompt if its configuration has one."""
+        return self._encode(self._prompted("document", texts), batch_size)
+
+    def encode_query(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Queries, after the model's "query" prompt if its configuration has one."""
+        return self._encode(self._prompted("query", texts), batch_size)
+
+    def _prompted(self, kind: str, texts: Sequence[str]) -> list[str]:
+        prompt = (getattr(self.base.model, "prompts", None) or {}).get(kind, "")
+        return [prompt + t for t in texts] if prompt else list(texts)
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """In batches of similar length (less padding), as sentence-transformers does."""
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with self._lock:
+            for start in range(0, len(texts), batch_size):
+                rows = order[start:start + batch_size]
+                tokens = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                        max_length=self.max_length, return_tensors="np")
+                hidden = self.session.run(None, {n: tokens[n].astype(np.int64) for n in self.inputs})[0]
+                if self.pooling == "cls":
+                    vectors = hidden[:, 0]
+                else:
+                    mask = tokens["attention_mask"][..., None].astype(np.float32)
+                    vectors = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+                if self.normalize:
+                    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+                out[rows] = vectors
+        return out
