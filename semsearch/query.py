@@ -69,7 +69,10 @@ def serving_model(index: "SearchIndex") -> tuple[str, int | None]:
     if entry is not None and time.monotonic() - entry[2] < SERVING_MODEL_SECONDS:
         return entry[0], entry[1]
     model, dimensions = index.model, index.options.dimensions
-    for engine in list(_engines):
+    engines = list(_engines)
+    if not engines:  # no engine has connected yet (preload(engine) at start-up tells us one): not cached
+        return model, dimensions
+    for engine in engines:
         try:
             model, dimensions = _read_serving(engine, index.name)
             break
@@ -228,15 +231,27 @@ def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, ca
     return _rank(index, results, limit, *extra)
 
 
-def preload(*models: str) -> None:
-    """Load embedding models now (default: the default model) and run one warm-up encode, so the
-    first query of a process does not wait for them. Call it at application start-up."""
+def preload(*engines_or_models) -> None:
+    """Load the models queries will embed with now, and run one warm-up encode, so the first query of
+    a process waits for neither. Call it at application start-up with your engine (sync or async):
+    each declared SearchIndex's model is then the one its database serves (during a model switch, not
+    necessarily the declared one), and queries know where to ask from their first. Model names may be
+    given too; with neither, the default model."""
+    from .declaration import declared_search_indexes
     from .options import DEFAULT_MODEL
 
-    for model in models or (DEFAULT_MODEL,):
+    models = [m for m in engines_or_models if isinstance(m, str)]
+    engines = [getattr(e, "sync_engine", e) for e in engines_or_models if not isinstance(e, str)]
+    for engine in engines:
+        _engines.add(engine)
+    if engines:
+        for index in declared_search_indexes():
+            _serving.pop(index.name, None)
+            models.append(serving_model(index)[0])
+    for model in dict.fromkeys(models or [DEFAULT_MODEL]):
         encode_queries(get_embedder(model), ["warm-up"])
 
 
-async def apreload(*models: str) -> None:
+async def apreload(*engines_or_models) -> None:
     """preload() in a worker thread, for an async application's start-up (e.g. FastAPI's lifespan)."""
-    await asyncio.to_thread(preload, *models)
+    await asyncio.to_thread(preload, *engines_or_models)

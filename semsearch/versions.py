@@ -118,7 +118,6 @@ class VersionBuilder:
         """A stopped build tries its model again once a minute; when it loads, the walk starts over."""
         if time.monotonic() < self._build_retry.get(ix.id, 0):
             return 0
-        self._build_retry[ix.id] = time.monotonic() + BUILD_PROBLEM_RETRY_SECONDS
         from .embedder import forget_embedder
 
         with self._embedders_lock:

@@ -28,7 +28,7 @@ from .database import connect, database_url
 from .errors import DatabaseUnavailable, EmbedderUnavailable, ModelUnavailable, SemsearchError
 from .embedder import Embedder, content_hash, forget_embedder, get_embedder, model_id
 from .schema import installed_version, require_installed
-from .versions import VersionBuilder
+from .versions import BUILD_PROBLEM_RETRY_SECONDS, VersionBuilder
 
 log = logging.getLogger("semsearch.worker")
 
@@ -548,8 +548,11 @@ class Worker(VersionBuilder):
             with self._embedders_lock:
                 self._embedders.pop(build.model, None)
             forget_embedder(build.model)
-            log.error("index %s: the new version cannot be built (the current one keeps serving): %s", ix.name, problem)
+            problem += ("\n(The current version keeps serving. Fix this and the worker tries again within a minute, "
+                        "or change the index again, e.g. `semsearch reindex`; back to the current model cancels the build.)")
+            log.error("index %s: the new version cannot be built: %s", ix.name, problem)
             conn.execute("SELECT semsearch.record_build_problem(%s, %s)", (ix.id, problem))
+            self._build_retry[ix.id] = time.monotonic() + BUILD_PROBLEM_RETRY_SECONDS
             return None
         return embedder
 

@@ -213,17 +213,23 @@ def test_reindex_refuses_wrong_models_and_keeps_serving(db_url, conn, projected_
 
     # Refused when declared: what the model makes is known, or must be given; a bad memory size.
     for args, message in ((["--model", "all-MiniLM-L6-v2", "--dimensions", "768"], "makes 384-dimensional vectors"),
-                          (["--model", projected_model], "give the dimensions of model"),
+                          (["--model", projected_model], "give --dimensions N"),
                           (["--model", projected_model, "--dimensions", "256", "--maintenance-work-mem", "lots"],
-                           "maintenance_work_mem"),
+                           "give a size with its unit"),
+                          (["--model", projected_model, "--dimensions", "256", "--maintenance-work-mem", "1"],
+                           "give a size with its unit"),
+                          (["--model", "/nonexistent/model", "--dimensions", "256"], "no such model folder"),
                           (["--storage", "float8"], "invalid choice")):
         out = cli(db_url, "reindex", "places_search", *args)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+    with pytest.raises(psycopg.errors.RaiseException, match="give the dimensions of model"):
+        conn.execute("""SELECT semsearch.alter_index('places_search', '{"model": "my-org/unknown"}')""")
     assert conn.execute("SELECT count(*) FROM semsearch.builds").fetchone() == (0,)
 
     # A model that cannot be loaded, or that makes other vectors than declared: the build stops and
     # says why; the current version keeps serving and the worker's other work goes on.
-    for model, dimensions, message in (("/nonexistent/model", "256", "cannot load embedding model '/nonexistent/model'"),
+    for model, dimensions, message in (("no-such-org/no-such-model", "256",
+                                        "cannot load embedding model 'no-such-org/no-such-model'"),
                                        (projected_model, "300", "makes 256-dimensional vectors, not 300")):
         out = cli(db_url, "reindex", "places_search", "--model", model, "--dimensions", dimensions)
         assert out.returncode == 0 and "building version" in out.stdout, out.stderr
@@ -250,10 +256,27 @@ def test_reindex_refuses_wrong_models_and_keeps_serving(db_url, conn, projected_
         projected_model, 256, 4, None)  # (versions 2 and 3 were the stopped builds)
     assert conn.execute("SELECT count(*) FROM semsearch.store_places_search_v4").fetchone() == (40,)
     assert search_works()
-    # Back to the first model is another version, built the same way.
+    # Asking again for the version being built changes nothing; back to the current model cancels it.
     out = cli(db_url, "reindex", "places_search", "--model", "all-MiniLM-L6-v2")
     assert "building version 5" in out.stdout, out.stdout + out.stderr
+    out = cli(db_url, "reindex", "places_search", "--model", "all-MiniLM-L6-v2", "--maintenance-work-mem", "256MB")
+    assert "version 5 (all-MiniLM-L6-v2) is already being built" in out.stdout and "256MB" in out.stdout, out.stdout
+    out = cli(db_url, "reindex", "places_search", "--model", projected_model, "--dimensions", "256")
+    assert "cancelled the build of version 5 (all-MiniLM-L6-v2); index places_search keeps version 4" in out.stdout
+    # Back to the first model is another version, built the same way.
+    out = cli(db_url, "reindex", "places_search", "--model", "all-MiniLM-L6-v2")
+    assert "building version 5" in out.stdout, out.stdout + out.stderr  # (the cancelled one's number again)
     assert cli(db_url, "worker", "--drain").returncode == 0
     assert conn.execute("SELECT model, dimensions, version FROM semsearch.status").fetchone() == (
         "all-MiniLM-L6-v2", 384, 5)
+
+    # A new process whose code still declares the 256-dimensional model (an old replica, a rollback):
+    # preload(engine) at its start, and its first query embeds with the model the database serves.
+    script = (f"from tests.test_versions import declare; import semsearch; from sqlalchemy import create_engine; "
+              f"from sqlalchemy.orm import Session; _, Place = declare({projected_model!r}, 256); "
+              f"engine = create_engine({str(sqlalchemy_url(db_url))!r}); semsearch.preload(engine); "
+              "rows = Session(engine).execute(Place.search.hybrid('a glacier', limit=3)).all(); print(len(rows))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0 and out.stdout.strip() == "3", out.stderr
     engine.dispose()

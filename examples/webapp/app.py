@@ -39,8 +39,9 @@ async def lifespan(app: FastAPI):
             raise RuntimeError(f"{engine.url.render_as_string(hide_password=True)} has no demo data: "
                                "run `make demo` first, it fills the database this app serves")
     app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
-    # Loading the model takes seconds: pay it before the first request, off the event loop.
-    await semsearch.apreload()
+    # Loading the model takes seconds: pay it before the first request, off the event loop (the engine:
+    # the model the database serves, which is not the declared one while a model switch is built).
+    await semsearch.apreload(engine)
     yield
     await engine.dispose()
 
