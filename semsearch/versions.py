@@ -129,6 +129,14 @@ class VersionBuilder:
         log.info("index %s: model %s loads again; the new version's walk starts over", ix.name, build.model)
         return 1
 
+    def build_failed(self, conn: psycopg.Connection, ix, exc: psycopg.Error) -> None:
+        """A database error in a build step stops the build (status says why), never the worker."""
+        problem = f"{type(exc).__name__}: {str(exc).strip()}"
+        log.error("index %s: the new version cannot be built: %s", ix.name, problem)
+        conn.execute("SELECT semsearch.record_build_problem(%s, %s)", (ix.id, problem))
+        conn.commit()
+        self._build_retry[ix.id] = time.monotonic() + BUILD_PROBLEM_RETRY_SECONDS
+
     @staticmethod
     def drop_retired(conn: psycopg.Connection, ix) -> None:
         """Drop the index's old stores that no query can still be using."""

@@ -348,6 +348,11 @@ class Worker(VersionBuilder):
                         self._outage(conn, ix, exc)
                     except psycopg.errors.LockNotAvailable:
                         conn.rollback()
+                    except psycopg.OperationalError:
+                        raise  # the connection: reconnect
+                    except psycopg.DatabaseError as exc:  # the build's problem (rights, a changed table): it stops
+                        conn.rollback()
+                        self.build_failed(conn, ix, exc)
             except psycopg.errors.UndefinedTable as exc:  # an index was dropped meanwhile
                 log.warning("re-reading the index registry: %s", str(exc).strip())
                 indexes = None

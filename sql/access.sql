@@ -52,6 +52,9 @@ BEGIN
                    OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source);
         BEGIN
             PERFORM semsearch.apply_access(ix);
+            IF EXISTS (SELECT 1 FROM semsearch.builds b WHERE b.index_id = ix.id) THEN  -- the version being built
+                PERFORM semsearch.apply_access(semsearch.build_version(ix));
+            END IF;
         EXCEPTION WHEN OTHERS THEN  -- one index's problem never stops the others (status reports it)
             RAISE WARNING 'semsearch index "%": %', ix.name, SQLERRM;
         END;

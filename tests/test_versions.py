@@ -280,3 +280,32 @@ def test_reindex_refuses_wrong_models_and_keeps_serving(db_url, conn, projected_
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 0 and out.stdout.strip() == "3", out.stderr
     engine.dispose()
+
+
+def test_a_worker_role_granted_during_a_build_writes_the_new_version(db_url, conn, fake_embedder):
+    """`semsearch grant --worker` for a role added while a version is being built gives it the new
+    store too: the role's worker builds the version and switches to it."""
+    from urllib.parse import urlsplit
+
+    from tests.helpers import drain
+
+    assert cli(db_url, "install").returncode == 0
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 30) g")
+    conn.execute("SELECT semsearch.create_index('notes_search', 'notes', ARRAY['body'])")
+    drain(db_url, fake_embedder("all-MiniLM-L6-v2"))
+    conn.execute("""SELECT semsearch.alter_index('notes_search', '{"model": "fake-b", "dimensions": 256}')""")
+    role = f"late_worker_{urlsplit(db_url).path.lstrip('/')}"[:60]
+    conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        out = cli(db_url, "grant", "--worker", role)
+        assert out.returncode == 0, out.stderr
+        parts = urlsplit(db_url)
+        role_url = parts._replace(netloc=f"{role}@{parts.netloc.rsplit('@', 1)[-1]}").geturl()
+        factory = {"fake-b": fake_embedder("fake-b", 256), "all-MiniLM-L6-v2": fake_embedder("all-MiniLM-L6-v2")}
+        drain(role_url, embedder_factory=factory.__getitem__)
+        assert conn.execute("SELECT model, version, build FROM semsearch.status").fetchone() == ("fake-b", 2, None)
+        assert conn.execute("SELECT count(*) FROM semsearch.store_notes_search_v2").fetchone() == (30,)
+    finally:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
