@@ -41,8 +41,7 @@ class VersionBuilder:
         (a phase change counts as 1), 0 when there is nothing to do now."""
         from .worker import BatchVersions, RegistryChanged
 
-        if ix.build_model:
-            self._build_embedder(ix.build_model)  # loaded before taking any lock
+        self._build_embedder(ix.build_model)  # loaded before taking any lock
         with conn.transaction():
             conn.execute("SELECT semsearch.lock_for_batch(%s)", (ix.id,))
             versions = BatchVersions.read(conn, ix.id)

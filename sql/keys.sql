@@ -67,6 +67,15 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                             semsearch.key_values_sql(ix, 'k.k'), keys_sql) END
 $$;
 
+-- Query: the key texts (column k) of the next $2 rows after key text $1 (NULL: from the first), in key
+-- order. The walk of a backfill and of a new version's build.
+CREATE OR REPLACE FUNCTION semsearch.keys_after_sql(ix semsearch.indexes)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('SELECT %1$s AS k FROM %2$s t WHERE ($1::text IS NULL OR (%3$s) > (%4$s)) ORDER BY %3$s LIMIT $2',
+                  semsearch.key_text_sql(ix, 't'), ix.source, semsearch.key_columns_sql(ix, 't'),
+                  semsearch.key_values_sql(ix, '$1'))
+$$;
+
 -- The current text of the given keys: one row per key that still exists, with its indexed columns joined.
 -- The worker reads the source through this, so it needs no knowledge of key types and no right on the
 -- application's tables: it runs as semsearch's owner (see semsearch.source_visibility_problem).

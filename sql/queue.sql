@@ -198,14 +198,11 @@ BEGIN
     END IF;
     PERFORM semsearch.lock_for_batch(ix.id);
     EXECUTE format(
-        'WITH batch AS (SELECT k, row_number() OVER () AS o FROM ( '
-        '                 SELECT %1$s AS k FROM %2$s t WHERE ($1::text IS NULL OR (%3$s) > (%4$s)) AND (%5$s) '
-        '                  ORDER BY %3$s LIMIT $2) s), '
+        'WITH batch AS (SELECT k, row_number() OVER () AS o FROM (%s) s), '
         '     keys AS (SELECT array_agg(k ORDER BY o) AS ks FROM batch), '
-        '     queued AS (INSERT INTO semsearch.queue (index_id, keys) SELECT %6$s, ks FROM keys WHERE ks IS NOT NULL) '
+        '     queued AS (INSERT INTO semsearch.queue (index_id, keys) SELECT %s, ks FROM keys WHERE ks IS NOT NULL) '
         'SELECT coalesce(cardinality(ks), 0), ks[cardinality(ks)] FROM keys',
-        semsearch.key_text_sql(ix, 't'), ix.source, semsearch.key_columns_sql(ix, 't'),
-        semsearch.key_values_sql(ix, '$1'), 'true', ix.id)
+        semsearch.keys_after_sql(ix), ix.id)
         INTO n, last USING ix.backfill_after, step_rows;
     IF n = 0 THEN
         UPDATE semsearch.indexes i SET backfill_pending = false, backfill_after = NULL

@@ -124,10 +124,7 @@ BEGIN
         RETURN NULL;
     END IF;
     SELECT * INTO STRICT ix FROM semsearch.indexes i WHERE i.id = b.index_id;
-    EXECUTE format('SELECT coalesce(array_agg(k), ''{}'') FROM (SELECT %1$s AS k FROM %2$s t '
-                   'WHERE ($1::text IS NULL OR (%3$s) > (%4$s)) ORDER BY %3$s LIMIT $2) s',
-                   semsearch.key_text_sql(ix, 't'), ix.source, semsearch.key_columns_sql(ix, 't'),
-                   semsearch.key_values_sql(ix, '$1'))
+    EXECUTE format('SELECT coalesce(array_agg(k), ''{}'') FROM (%s) s', semsearch.keys_after_sql(ix))
         INTO keys USING b.walk_after, step_rows;
     IF cardinality(keys) > 0 THEN
         UPDATE semsearch.builds x SET walk_after = keys[cardinality(keys)], rows_done = x.rows_done + cardinality(keys)
