@@ -1,6 +1,9 @@
 """Embeddings with ONNX Runtime: a sentence-transformers model exported to ONNX once and quantised to
 int8 (dynamic, per output channel, the weights of its dense layers only: the attention products stay
-float, which keeps the vectors within cosine 0.99 of the original's), cached on disk.
+float, which keeps the vectors within cosine 0.99 of the original's), cached on disk. The export uses
+the model's plain ("eager") attention: the SDPA export adds NaN guards over every attention score that
+took 15% of the run time. Forward passes hold at most FORWARD_TOKENS tokens: larger batches fall out
+of the CPU caches (measured at 128-token passages: 16 rows per pass ran 1.3x faster than 64).
 
 The index's model is the spec `onnx:<model name or folder>`, e.g. `onnx:all-MiniLM-L6-v2`. Tokenizer,
 chunking, prompts and revision are the sentence-transformers model's, so only the encoder differs.
@@ -21,7 +24,8 @@ import numpy as np
 from .errors import ModelUnavailable
 
 SPEC_PREFIX = "onnx:"
-QUANTISATION = "int8"  # part of the revision: vectors of another scheme are other vectors
+QUANTISATION = "int8-eager"  # part of the revision: vectors of another export are other vectors
+FORWARD_TOKENS = 2048
 
 
 def cache_dir() -> Path:
@@ -82,6 +86,8 @@ class OnnxEmbedder:
 
         model = self.base.model[0].auto_model.eval()
         names = self.inputs
+        attention = getattr(model.config, "_attn_implementation", None)
+        model.config._attn_implementation = "eager"
 
         class Encoder(torch.nn.Module):
             def __init__(self):
@@ -98,6 +104,8 @@ class OnnxEmbedder:
                               output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
         except Exception as exc:
             raise ModelUnavailable(f"{self.name}: could not export the model to ONNX: {exc}") from exc
+        finally:
+            model.config._attn_implementation = attention  # the torch model keeps serving as it was
 
     def chunk(self, texts: Sequence[str], chunk_tokens: int | None, overlap: int) -> list[list[str]]:
         return self.base.chunk(texts, chunk_tokens, overlap)
@@ -115,12 +123,19 @@ class OnnxEmbedder:
         return [prompt + t for t in texts] if prompt else list(texts)
 
     def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        """In batches of similar length (less padding), as sentence-transformers does."""
+        """In passes of similar length (less padding), of at most batch_size rows and FORWARD_TOKENS tokens."""
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        passes, start = [], 0
+        while start < len(order):
+            rows = order[start:start + batch_size]
+            while len(rows) > 1 and len(rows) * lengths[rows[-1]] > FORWARD_TOKENS:
+                rows = rows[:max(1, FORWARD_TOKENS // lengths[rows[-1]])]
+            passes.append(rows)
+            start += len(rows)
         with self._lock:
-            for start in range(0, len(texts), batch_size):
-                rows = order[start:start + batch_size]
+            for rows in passes:
                 tokens = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                                         max_length=self.max_length, return_tensors="np")
                 hidden = self.session.run(None, {n: tokens[n].astype(np.int64) for n in self.inputs})[0]
