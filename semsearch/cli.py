@@ -122,7 +122,8 @@ def cmd_status(args) -> None:
         rows = conn.execute(
             "SELECT index_name, source_table, model, documents, pending, in_flight, failed, "
             "oldest_pending_age, embedded_last_minute, backfilling, problem, "
-            "pg_size_pretty(store_bytes), pg_size_pretty(bytes_per_document), version, build FROM semsearch.status"
+            "pg_size_pretty(store_bytes), pg_size_pretty(bytes_per_document), version, build, first_fill "
+            "FROM semsearch.status"
         ).fetchall()
         failures = conn.execute(
             """SELECT i.name, f.key, f.attempts, f.error FROM semsearch.failures f
@@ -135,7 +136,7 @@ def cmd_status(args) -> None:
               "embedded/min", "backfill", "store", "store/document")
     # A requested backfill is queued by a running worker: until then its rows are not counted as pending.
     table = [header] + [tuple(str(v if v is not None else "-") for v in r[:3] + (r[13],) + r[3:9])
-                        + ("waiting for a worker" if r[9] else "-", r[11].replace(" ", ""), (r[12] or "-").replace(" ", ""))
+                        + ("; ".join(["waiting for a worker"] * r[9] + ["first fill, HNSW index at its end"] * r[15]) or "-", r[11].replace(" ", ""), (r[12] or "-").replace(" ", ""))
                         for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:

@@ -18,7 +18,7 @@ from .options import IndexOptions, sql_defaults
 _PACKAGE = Path(__file__).resolve().parent
 
 # Tables first, in version order; then the functions, each file needing only those before it.
-SCHEMA_FILES = ("0001_schema.sql", "0002_keywords.sql", "0003_model_revision.sql", "0004_versions.sql")
+SCHEMA_FILES = ("0001_schema.sql", "0002_keywords.sql", "0003_model_revision.sql", "0004_versions.sql", "0005_first_fill.sql")
 FUNCTION_FILES = ("keys.sql", "queue.sql", "keywords.sql", "ddl.sql", "versions.sql", "search.sql", "status.sql", "access.sql")
 
 

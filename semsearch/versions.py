@@ -7,6 +7,7 @@ batches (which write to both versions meanwhile):
   2. builds the HNSW index once (at the build's maintenance_work_mem); batches meanwhile note their keys;
   3. embeds the noted keys, then switches the registry to the new version in one transaction;
   4. drops the old store once no query can still be using it.
+A new index on a table with rows takes the same fast path for its first fill (first_index_step).
 """
 from __future__ import annotations
 
@@ -135,6 +136,32 @@ class VersionBuilder:
         conn.execute("SELECT semsearch.record_build_problem(%s, %s)", (ix.id, problem))
         conn.commit()
         self._build_retry[ix.id] = time.monotonic() + BUILD_PROBLEM_RETRY_SECONDS
+
+    def first_index_step(self, conn: psycopg.Connection, ix) -> int:
+        """An index created on a table with rows fills its store without an HNSW index, at COPY speed
+        (searches meanwhile scan it exactly); the index is built once, when the backfill is through and
+        the queue has caught up (semsearch.build_first_hnsw). Returns 1 when it built it."""
+        from .worker import IndexUnusable
+
+        started = time.monotonic()
+        try:
+            built = conn.execute("SELECT semsearch.build_first_hnsw(%s, %s)", (ix.id, self.batch_size)).fetchone()[0]
+            conn.commit()
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+            conn.rollback()  # a batch or the application holds the store: next pass
+            return 0
+        except psycopg.OperationalError:
+            raise  # the connection: reconnect
+        except psycopg.DatabaseError as exc:  # tried again once a minute; the other indexes go on
+            conn.rollback()
+            self._report_unusable(conn, ix, IndexUnusable(f"its HNSW index cannot be built: {str(exc).strip()}"))
+            return 0
+        if not built:
+            return 0
+        log.info("index %s: every row is in its store; HNSW index built in %.1fs", ix.name, time.monotonic() - started)
+        self._clear_problem(conn, ix)
+        conn.commit()
+        return 1
 
     @staticmethod
     def drop_retired(conn: psycopg.Connection, ix) -> None:

@@ -60,6 +60,7 @@ class IndexSpec:
     model_revision: str | None
     storage: str
     build_model: str | None = None  # the model of the version being built, if any
+    hnsw_pending: bool = False  # a first fill: its store gets its HNSW index once the backfill is through
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def load_indexes(conn: psycopg.Connection, names: list[str] | None = None) -> li
     rows = conn.execute(
         """SELECT i.id, i.name, n.nspname, c.relname, i.columns::text[],
                   i.model, i.dimensions, i.chunk_tokens, i.chunk_overlap, i.store_table, i.problem,
-                  i.model_revision, i.storage, b.model AS build_model
+                  i.model_revision, i.storage, b.model AS build_model, i.hnsw_pending
              FROM semsearch.indexes i
              JOIN pg_class c ON c.oid = i.source
              LEFT JOIN semsearch.builds b ON b.index_id = i.id
@@ -353,6 +354,9 @@ class Worker(VersionBuilder):
                     except psycopg.DatabaseError as exc:  # the build's problem (rights, a changed table): it stops
                         conn.rollback()
                         self.build_failed(conn, ix, exc)
+                for ix in usable:  # a first fill's HNSW index, once its backfill is through
+                    if ix.hnsw_pending:
+                        done += self.first_index_step(conn, ix)
             except psycopg.errors.UndefinedTable as exc:  # an index was dropped meanwhile
                 log.warning("re-reading the index registry: %s", str(exc).strip())
                 indexes = None
@@ -496,7 +500,8 @@ class Worker(VersionBuilder):
         count, due = conn.execute(
             """SELECT (SELECT count(*) FROM semsearch.queue WHERE index_id = ANY(%(ids)s))
                     + (SELECT count(*) FROM semsearch.indexes WHERE id = ANY(%(ids)s) AND backfill_pending)
-                    + (SELECT count(*) FROM semsearch.builds WHERE index_id = ANY(%(ids)s) AND problem IS NULL),
+                    + (SELECT count(*) FROM semsearch.builds WHERE index_id = ANY(%(ids)s) AND problem IS NULL)
+                    + (SELECT count(*) FROM semsearch.indexes WHERE id = ANY(%(ids)s) AND hnsw_pending),
                       coalesce((SELECT extract(epoch FROM min(run_after) - now()) FROM semsearch.queue
                                  WHERE index_id = ANY(%(ids)s)), 0)::float8""", {"ids": ids}).fetchone()
         conn.commit()

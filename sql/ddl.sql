@@ -277,6 +277,45 @@ BEGIN
     END IF;
 END $$;
 
+-- A new index's store. On a table with rows it fills without its HNSW index, at COPY speed (searches
+-- scan it exactly meanwhile), and the worker builds the index once, when the backfill is through
+-- (build_first_hnsw); on an empty table it is indexed at once and each row goes in incrementally.
+CREATE OR REPLACE FUNCTION semsearch.first_fill(ix semsearch.indexes)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    has_rows boolean;
+BEGIN
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', ix.source) INTO has_rows;
+    IF has_rows THEN
+        UPDATE semsearch.indexes i SET hnsw_pending = true WHERE i.id = ix.id;
+        PERFORM semsearch.request_backfill(ix.name);
+    ELSE
+        PERFORM semsearch.build_hnsw(ix);
+    END IF;
+END $$;
+
+-- The first fill's HNSW index, built by a worker once the backfill is queued through and at most
+-- caught_up keys wait (so that steady writes never hold it off). Returns whether it built it. Its
+-- lock on the store holds batches (they skip the index meanwhile), never searches. The index takes
+-- the server's maintenance_work_mem: ALTER ROLE <worker> SET maintenance_work_mem = '1GB' speeds it.
+CREATE OR REPLACE FUNCTION semsearch.build_first_hnsw(index_id integer, caught_up integer)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ix semsearch.indexes;
+BEGIN
+    SELECT * INTO ix FROM semsearch.indexes i
+     WHERE i.id = build_first_hnsw.index_id AND i.hnsw_pending AND NOT i.backfill_pending;
+    IF NOT FOUND OR NOT pg_try_advisory_xact_lock(hashtext('semsearch.first_hnsw'), ix.id)
+       OR (SELECT coalesce(sum(cardinality(q.keys)), 0) FROM semsearch.queue q
+            WHERE q.index_id = ix.id AND q.run_after <= now()) > caught_up THEN
+        RETURN false;
+    END IF;
+    PERFORM set_config('lock_timeout', '5s', true);
+    PERFORM semsearch.build_hnsw(ix);
+    UPDATE semsearch.indexes i SET hnsw_pending = false WHERE i.id = ix.id AND i.hnsw_pending;
+    RETURN FOUND;
+END $$;
+
 -- Create an index, or bring an existing one in line with this declaration (see alter_index).
 -- Re-running it with the same declaration changes nothing and takes no lock on the application's table.
 CREATE OR REPLACE FUNCTION semsearch.create_index(
@@ -399,10 +438,9 @@ BEGIN
 
     PERFORM semsearch.create_store(ix);
     PERFORM semsearch.build_keyword_tables(ix);
-    PERFORM semsearch.build_hnsw(ix);
     PERFORM semsearch.apply_access(ix);
     PERFORM semsearch.install_triggers(ix);
-    PERFORM semsearch.backfill_if_rows(ix);
+    PERFORM semsearch.first_fill(ix);
     RETURN ix.id;
 END $fn$;
 
@@ -539,7 +577,8 @@ BEGIN
         -- until then the old ones keep serving. The embeddings are kept.
         PERFORM semsearch.backfill_if_rows(ix);
     END IF;
-    IF (ix.hnsw_m, ix.hnsw_ef_construction) IS DISTINCT FROM (old.hnsw_m, old.hnsw_ef_construction) THEN
+    IF (ix.hnsw_m, ix.hnsw_ef_construction) IS DISTINCT FROM (old.hnsw_m, old.hnsw_ef_construction)
+       AND NOT ix.hnsw_pending THEN  -- (a first fill's index is built with them when it is through)
         PERFORM semsearch.build_hnsw(ix);
     END IF;
     IF (ix.columns, ix.chunk_tokens, ix.chunk_overlap) IS DISTINCT FROM (old.columns, old.chunk_tokens, old.chunk_overlap) THEN

@@ -2,11 +2,12 @@
 -- in_flight counts keys a worker holds right now (its per-key advisory locks). store_bytes: the store
 -- on disk with its HNSW index (not the keyword tables); bytes_per_document: that over the documents in it.
 -- version, dimensions: the current version of the vectors; build: the version being built and how far it is.
+-- first_fill: the store fills without its HNSW index, built when the backfill is through.
 -- An installation made before a column was added to the status: drop and recreate.
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure('semsearch.index_status()')
-               AND NOT 'dimensions' = ANY(proargnames)) THEN
+               AND NOT 'first_fill' = ANY(proargnames)) THEN
         DROP VIEW IF EXISTS semsearch.status;
         DROP FUNCTION semsearch.index_status();
     END IF;
@@ -16,7 +17,7 @@ CREATE OR REPLACE FUNCTION semsearch.index_status()
 RETURNS TABLE (index_name text, source_table text, model text, pending bigint, in_flight bigint, failed bigint,
                oldest_pending_age interval, embedded_last_minute bigint, documents bigint,
                backfilling boolean, problem text, store_bytes bigint, bytes_per_document bigint, version integer,
-               build text, dimensions integer)
+               build text, dimensions integer, first_fill boolean)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes;
@@ -44,6 +45,7 @@ BEGIN
         version := ix.version;
         dimensions := ix.dimensions;
         build := semsearch.build_progress(ix.id);
+        first_fill := ix.hnsw_pending;
         RETURN NEXT;
     END LOOP;
 END $$;

@@ -211,7 +211,7 @@ BEGIN
     VALUES (ix.id, ix.store_table, ix.model, ix.dimensions, ix.distance, ix.storage) ON CONFLICT DO NOTHING;
     UPDATE semsearch.indexes i SET store_table = b.store_table, model = b.model, dimensions = b.dimensions,
            distance = b.distance, storage = b.storage, chunk_tokens = b.chunk_tokens, chunk_overlap = b.chunk_overlap,
-           version = b.version, model_revision = nullif(revision, '')
+           version = b.version, model_revision = nullif(revision, ''), hnsw_pending = false
      WHERE i.id = ix.id;
     DELETE FROM semsearch.builds x WHERE x.index_id = b.index_id;
     RETURN true;

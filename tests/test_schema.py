@@ -25,7 +25,7 @@ def test_create_all_creates_store_indexes_and_triggers(engine, conn):
                        "FROM semsearch.indexes WHERE name = 'articles_search'").fetchone()
     assert row == (["id"], ["title", "body"], "all-MiniLM-L6-v2", 384, "cosine", 32)
     # semsearch's schema version lives in its own table, never in the application's alembic_version.
-    assert conn.execute("SELECT max(version) FROM semsearch.schema_version").fetchone() == ("0004",)
+    assert conn.execute("SELECT max(version) FROM semsearch.schema_version").fetchone() == ("0005",)
     assert conn.execute("SELECT to_regclass('public.alembic_version')").fetchone() == (None,)
 
 
@@ -74,7 +74,7 @@ def test_cli_install_and_help(db_url):
     out = subprocess.run([sys.executable, "-m", "semsearch.cli", "install", "--url", db_url],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "version 0004" in out.stdout
+    assert "version 0005" in out.stdout
     for command in ("install", "worker", "status", "search", "demo", "backfill", "reindex", "retry-failed", "server"):
         out = subprocess.run([sys.executable, "-m", "semsearch.cli", command, "--help"],
                              capture_output=True, text=True, timeout=60)

@@ -2,6 +2,10 @@
 searches use it, with the same results as float4 storage; through create_all, the worker and the ORM."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from sqlalchemy import create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -9,6 +13,7 @@ from semsearch import SearchIndex
 from semsearch.database import sqlalchemy_url
 
 from .helpers import drain
+from .psql import psql
 
 TOPICS = ["The office printer jams on double-sided pages.", "The VPN drops every hour when working from home.",
           "I cannot reset my password: the email never arrives.", "My laptop battery drains in two hours."]
@@ -65,3 +70,46 @@ def test_halfvec_store_is_half_the_size_and_searches_alike(db_url, conn):
         "FROM semsearch.status").fetchall())
     assert vectors["storage_half_search"] < 0.7 * vectors["storage_full_search"]
     engine.dispose()
+
+
+def semsearch_cli(db_url, *args):
+    out = subprocess.run([sys.executable, "-m", "semsearch.cli", *args], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "SEMSEARCH_DATABASE_URL": db_url})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_an_index_on_a_table_with_rows_fills_its_store_first_and_builds_its_hnsw_index_once(db_url, conn):
+    """A raw SQL user indexes a table that already has rows: the store fills without its HNSW index
+    (COPY speed), searches work meanwhile, and the worker builds the index once at the end."""
+    conn.execute("CREATE TABLE filled (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO filled SELECT i, (%s::text[])[1 + i %% 4] || ' Ticket ' || i FROM generate_series(1, 300) i",
+                 (TOPICS,))
+    conn.commit()
+    semsearch_cli(db_url, "install")
+    out = psql(db_url, "-c", "SELECT semsearch.create_index('filled_search', 'filled', ARRAY['body'])")
+    assert out.returncode == 0, out.stderr
+
+    def hnsw() -> bool:
+        return conn.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'store_filled_search_hnsw'").fetchone()[0] == 1
+
+    assert not hnsw(), "a first fill goes into a store without its HNSW index"
+    assert "first fill, HNSW index at its end" in semsearch_cli(db_url, "status")
+    assert semsearch_cli(db_url, "search", "filled_search", "printer", "--mode", "semantic") is not None  # no error
+
+    semsearch_cli(db_url, "worker", "--drain")
+    assert hnsw(), "the worker builds the HNSW index once the backfill is through"
+    assert conn.execute("SELECT count(DISTINCT key), bool_or(first_fill) FROM semsearch.store_filled_search, "
+                        "semsearch.status WHERE index_name = 'filled_search'").fetchone() == (300, False)
+    assert "first fill" not in semsearch_cli(db_url, "status")
+    assert "printer" in semsearch_cli(db_url, "search", "filled_search", "my printer keeps jamming", "--mode", "semantic",
+                                      "--limit", "1")
+
+    conn.execute("INSERT INTO filled VALUES (301, 'The coffee machine in the kitchen leaks water.')")
+    conn.commit()
+    semsearch_cli(db_url, "worker", "--drain")  # incremental from now on, into the indexed store
+    assert conn.execute("SELECT count(DISTINCT key) FROM semsearch.store_filled_search").fetchone()[0] == 301
+    conn.execute("SET enable_seqscan = off")
+    plan = "\n".join(r[0] for r in conn.execute(
+        "SELECT * FROM semsearch.explain('filled_search', 'semantic', 'x', %s::vector)", ("[" + ",".join(["0.05"] * 384) + "]",)))
+    assert "Index Scan using store_filled_search_hnsw" in plan, plan
