@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from .errors import SemsearchError
+from .errors import SemsearchError, server_message
 from .options import DEFAULT_FUSION, FUSIONS
 
 
@@ -414,10 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.Error):
             exc = exc.orig  # the server's message, not SQLAlchemy's statement dump
         if isinstance(exc, psycopg.Error):
-            diag = getattr(exc, "diag", None)
-            message = (diag.message_primary if diag is not None and diag.message_primary else str(exc)).strip()
-            hint = f"\nhint: {diag.message_hint}" if diag is not None and diag.message_hint else ""
-            print(f"semsearch: database error: {message}{hint}", file=sys.stderr)
+            print(f"semsearch: database error: {server_message(exc)}", file=sys.stderr)
             return 2
         raise
     return 0

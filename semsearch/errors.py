@@ -33,3 +33,10 @@ class EmbedderUnavailable(SemsearchError):
 class EmbedderMisconfigured(ModelUnavailable):
     """The embedding service refuses the index's spec (unknown URL or model, a refused key): the index
     cannot be served until someone fixes it, as with a model that cannot load."""
+
+
+def server_message(exc: BaseException) -> str:
+    """A database error as the server put it: its message, and its hint on the next line."""
+    diag = getattr(exc, "diag", None)
+    message = (diag.message_primary if diag is not None and diag.message_primary else str(exc)).strip()
+    return message + (f"\nhint: {diag.message_hint}" if diag is not None and diag.message_hint else "")

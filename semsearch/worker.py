@@ -25,7 +25,7 @@ from pgvector.psycopg import register_vector
 from psycopg.rows import namedtuple_row
 
 from .database import connect, database_url
-from .errors import DatabaseUnavailable, EmbedderUnavailable, ModelUnavailable, SemsearchError
+from .errors import DatabaseUnavailable, EmbedderUnavailable, ModelUnavailable, SemsearchError, server_message
 from .embedder import Embedder, content_hash, forget_embedder, get_embedder, model_id
 from .schema import installed_version, require_installed
 from .versions import BUILD_PROBLEM_RETRY_SECONDS, VersionBuilder
@@ -177,7 +177,7 @@ class Worker(VersionBuilder):
         self._model_problems: set[str] = set()  # unusable indexes whose keywords can still be indexed
         self._store_rls: dict[str, bool] = {}  # store table -> row-level security applies to our writes
         self._outages: dict[str, tuple[float, float]] = {}  # index name -> (next try at, wait after that)
-        self._revisions: dict[int, str] = {}  # index id -> model revision recorded in the registry
+        self._revisions: dict[tuple[int, str], str] = {}  # (backend pid, store) -> revision it holds and recorded
         self._build_retry: dict[int, float] = {}  # index id -> when to try a stopped build's model again
         self._step_rows: dict[int, int] = {}  # index id -> rows of its build's next step
 
@@ -347,6 +347,9 @@ class Worker(VersionBuilder):
                     except EmbedderUnavailable as exc:
                         conn.rollback()
                         self._outage(conn, ix, exc)
+                    except IndexUnusable as exc:  # another revision of the build's model is writing it
+                        conn.rollback()
+                        self._report_unusable(conn, ix, exc)
                     except psycopg.errors.LockNotAvailable:
                         conn.rollback()
                     except psycopg.OperationalError:
@@ -528,14 +531,24 @@ class Worker(VersionBuilder):
                                 f"holds {ix.dimensions}: drop the index and create it with dimensions="
                                 f"{embedder.dimensions}", model_only=True)
         revision = getattr(embedder, "revision", "")
-        if revision and self._revisions.get(ix.id) != revision:
-            if ix.model_revision != revision and conn.execute(
-                    "SELECT semsearch.record_model_revision(%s, %s)", (ix.id, revision)).fetchone()[0]:
-                log.info("index %s: model %s is now at revision %s (its vectors were made by %s): re-embedding "
-                         "every row once", ix.name, ix.model, revision, ix.model_revision)
-            conn.commit()
-            self._revisions[ix.id] = revision
+        if revision and self._revisions.get((conn.info.backend_pid, ix.store_table)) != revision:
+            try:
+                self._hold_revision(conn, ix.store_table, revision)
+                if conn.execute("SELECT semsearch.record_model_revision(%s, %s)", (ix.id, revision)).fetchone()[0]:
+                    log.info("index %s: model %s is now at revision %s (its vectors were made by %s): re-embedding "
+                             "every row once", ix.name, ix.model, revision, ix.model_revision)
+                conn.commit()
+            except psycopg.errors.ObjectInUse as exc:
+                conn.rollback()
+                raise IndexUnusable(server_message(exc), model_only=True) from None
+            self._revisions[(conn.info.backend_pid, ix.store_table)] = revision
         return embedder
+
+    @staticmethod
+    def _hold_revision(conn: psycopg.Connection, store: str, revision: str) -> None:
+        """Say, for as long as this connection lives, that it writes this store with this model revision:
+        a worker of another revision then waits instead of mixing vectors of two revisions in one store."""
+        conn.execute("SELECT pg_advisory_lock_shared(semsearch.revision_lock(%s, %s))", (store, revision))
 
     def _build_embedder(self, model: str) -> Embedder | None:
         """The model of a version being built, or None when it cannot be loaded (checked per batch)."""
@@ -554,6 +567,17 @@ class Worker(VersionBuilder):
                 f"change the index again with dimensions={embedder.dimensions}")
         except ModelUnavailable as exc:
             embedder, problem = None, str(exc)
+        revision = getattr(embedder, "revision", "") if embedder else ""
+        if not problem and revision and self._revisions.get((conn.info.backend_pid, build.store_table)) != revision:
+            try:
+                with conn.transaction():
+                    self._hold_revision(conn, build.store_table, revision)
+                    if conn.execute("SELECT semsearch.record_build_revision(%s, %s)", (ix.id, revision)).fetchone()[0]:
+                        log.info("index %s: the new version is now built with revision %s of model %s: its walk "
+                                 "starts again", ix.name, revision, build.model)
+            except psycopg.errors.ObjectInUse as exc:
+                raise IndexUnusable(server_message(exc), model_only=True) from None
+            self._revisions[(conn.info.backend_pid, build.store_table)] = revision
         if problem:
             with self._embedders_lock:
                 self._embedders.pop(build.model, None)

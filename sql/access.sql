@@ -19,7 +19,8 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE SET search_path = pg_catalog, pg_
                       'lookup_index', 'index_status', 'request_backfill', 'request_backfill_by_id', 'record_model_revision', 'index_keywords',
                       'refresh_keyword_stats', 'batch_versions', 'build_walk', 'build_walked', 'build_index',
                       'note_build_keys', 'take_build_keys', 'record_build_problem', 'finish_build',
-                      'drop_retired_stores', 'build_progress', 'build_first_hnsw']
+                      'drop_retired_stores', 'build_progress', 'build_first_hnsw',
+                      'record_build_revision', 'revision_lock']
            END)
 $$;
 

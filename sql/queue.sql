@@ -136,16 +136,20 @@ END $$;
 
 -- The worker's model has this revision: recorded, and when the index's vectors were made by another
 -- revision, every row is queued again (their content hashes include the revision, so each is
--- re-embedded once). Returns whether it queued them.
+-- re-embedded once). Returns whether it queued them. Refused while a running worker still embeds
+-- with the recorded revision (it holds semsearch.revision_lock): two revisions never share a store.
 CREATE OR REPLACE FUNCTION semsearch.record_model_revision(index_id integer, revision text)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    ix       semsearch.indexes;
     previous text;
 BEGIN
-    SELECT i.model_revision INTO previous FROM semsearch.indexes i WHERE i.id = index_id FOR UPDATE;
+    SELECT * INTO STRICT ix FROM semsearch.indexes i WHERE i.id = index_id FOR UPDATE;
+    previous := ix.model_revision;
     IF previous IS NOT DISTINCT FROM revision THEN
         RETURN false;
     END IF;
+    PERFORM semsearch.refuse_other_revision(ix, ix.store_table, ix.model, previous, revision);
     UPDATE semsearch.indexes i SET model_revision = revision WHERE i.id = index_id;
     IF previous IS NULL THEN  -- first record (an index created before revisions were kept, or new)
         RETURN false;

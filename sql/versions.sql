@@ -191,6 +191,49 @@ RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
      WHERE x.index_id = record_build_problem.index_id AND x.problem IS DISTINCT FROM record_build_problem.problem
 $$;
 
+-- Each worker holds this lock (shared, as long as its connection lives) for the store it writes and the
+-- revision of the model it writes it with; a worker of another revision takes over only when no one holds it.
+CREATE OR REPLACE FUNCTION semsearch.revision_lock(store_table name, revision text)
+RETURNS bigint LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT hashtextextended(format('semsearch revision %s %s', store_table, revision), 0)
+$$;
+
+CREATE OR REPLACE FUNCTION semsearch.refuse_other_revision(ix semsearch.indexes, store name, model text,
+    recorded text, revision text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF recorded IS NOT NULL AND NOT pg_try_advisory_xact_lock(semsearch.revision_lock(store, recorded)) THEN
+        RAISE EXCEPTION 'semsearch index "%": another worker embeds % with model % at revision %, this one has revision %',
+            ix.name, store, model, recorded, revision
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Run every worker with the same model files: upgrade (or stop) the others, and this worker '
+                         'takes over, embedding every row once with its revision, when the last of them is gone.';
+    END IF;
+END $$;
+
+-- The revision of the build's model, recorded by the first worker that writes the new version. A worker
+-- of another revision takes over only when no worker of the recorded one runs; the walk then starts
+-- again (the content hashes include the revision, so every row is embedded anew). Returns whether it did.
+CREATE OR REPLACE FUNCTION semsearch.record_build_revision(index_id integer, revision text)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ix semsearch.indexes;
+    b  semsearch.builds;
+BEGIN
+    SELECT * INTO b FROM semsearch.builds x WHERE x.index_id = record_build_revision.index_id FOR NO KEY UPDATE;
+    IF NOT FOUND OR b.model_revision IS NOT DISTINCT FROM revision THEN
+        RETURN false;
+    END IF;
+    SELECT * INTO STRICT ix FROM semsearch.indexes i WHERE i.id = b.index_id;
+    PERFORM semsearch.refuse_other_revision(ix, b.store_table, b.model, b.model_revision, revision);
+    UPDATE semsearch.builds x SET model_revision = revision,
+           phase = CASE WHEN b.model_revision IS NULL THEN x.phase ELSE 'embedding' END,
+           walk_after = CASE WHEN b.model_revision IS NULL THEN x.walk_after END,
+           rows_done = CASE WHEN b.model_revision IS NULL THEN x.rows_done ELSE 0 END
+     WHERE x.index_id = b.index_id;
+    RETURN b.model_revision IS NOT NULL;
+END $$;
+
 -- Switch to the built version, in one transaction: the registry names its store and model, the old
 -- store is retired (kept for queries embedded by the old model, then dropped). Returns whether it
 -- switched: not while keys written during the HNSW build wait, or a batch that saw the build is open.
