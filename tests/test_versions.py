@@ -309,3 +309,45 @@ def test_a_worker_role_granted_during_a_build_writes_the_new_version(db_url, con
     finally:
         conn.execute(f"DROP OWNED BY {role}")
         conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_build_is_never_written_by_two_revisions_of_its_model(db_url, conn, fake_embedder):
+    """A worker with other files of the build's model (revision r2) refuses the build while the r1 worker
+    runs; once that one is gone, it takes the build over, walks again and switches to vectors of r2 only."""
+    from semsearch import Worker
+    from semsearch.worker import IndexUnusable
+    from tests.helpers import drain
+
+    assert cli(db_url, "install").returncode == 0
+    conn.execute("CREATE TABLE memos (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO memos SELECT g, 'memo ' || g FROM generate_series(1, 40) g")
+    conn.execute("SELECT semsearch.create_index('memos_search', 'memos', ARRAY['body'])")
+    current = fake_embedder("all-MiniLM-L6-v2")
+    drain(db_url, current)
+    conn.execute("""SELECT semsearch.alter_index('memos_search', '{"model": "fake-b", "dimensions": 256}')""")
+    old, new = fake_embedder("fake-b", 256, delay=0.3), fake_embedder("fake-b", 256)
+    old.revision, new.revision = "r1", "r2"
+
+    running = Worker(db_url, poll_interval=0.2, batch_size=4, build_rows=4,
+                     embedder_factory=lambda model: old if model == "fake-b" else current)
+    thread = threading.Thread(target=running.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not old.encoded:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(IndexUnusable, match="another worker embeds store_memos_search_v2 with model fake-b at "
+                                                "revision r1, this one has revision r2"):
+            Worker(db_url, poll_interval=0.2, embedder_factory=lambda model: new if model == "fake-b" else current
+                   ).run(drain=True)
+        assert new.encoded == []
+    finally:
+        running.stop()
+        thread.join()
+    assert conn.execute("SELECT version FROM semsearch.status").fetchone() == (1,), "stopped mid-build"
+
+    drain(db_url, embedder_factory=lambda model: new if model == "fake-b" else current)
+    assert conn.execute("SELECT model, version, build FROM semsearch.status").fetchone() == ("fake-b", 2, None)
+    assert conn.execute("SELECT model, count(*) FROM semsearch.store_memos_search_v2 GROUP BY 1").fetchall() == \
+        [("fake-b@r2", 40)]
