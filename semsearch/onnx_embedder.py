@@ -16,6 +16,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -100,8 +101,10 @@ class OnnxEmbedder:
         sample = self.tokenizer(["an example sentence", "another"], padding=True, return_tensors="pt")
         axes = {n: {0: "batch", 1: "tokens"} for n in names + ["last_hidden_state"]}
         try:
-            torch.onnx.export(Encoder(), tuple(sample[n] for n in names), str(target), input_names=names,
-                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
+            with warnings.catch_warnings():  # the tracer's notes on shapes it fixes: none holds for dynamic axes here
+                warnings.simplefilter("ignore")
+                torch.onnx.export(Encoder(), tuple(sample[n] for n in names), str(target), input_names=names,
+                                  output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
         except Exception as exc:
             raise ModelUnavailable(f"{self.name}: could not export the model to ONNX: {exc}") from exc
         finally:
