@@ -182,12 +182,31 @@ def cmd_search(args) -> None:
                                     "keyword_syntax => %s, fusion => %s, query_model => %s)",
                                     (args.index, args.query, vector, args.limit, args.syntax, args.fusion,
                                      model)).fetchall()
+        if not rows:
+            print(f"no results in {args.index}{_unfinished(conn, args.index)}", file=sys.stderr)
+            return
         snippets = dict(conn.execute(
             sql.SQL("SELECT DISTINCT ON (key) key, content FROM semsearch.{} WHERE key = ANY(%s) ORDER BY key, chunk")
             .format(sql.Identifier(store)), ([key for key, _ in rows],)).fetchall())
     for rank, (key, score) in enumerate(rows, 1):
         text = " ".join(snippets.get(key, "").split())[:100]
         print(f"{rank:2d}. {score:.4f}  key={key}  {text}")
+
+
+def _unfinished(conn, index: str) -> str:
+    """Why an index may have nothing to find yet, where this role may read the status."""
+    import psycopg
+
+    try:
+        row = conn.execute("SELECT documents, pending, backfilling FROM semsearch.status WHERE index_name = %s",
+                           (index,)).fetchone()
+    except psycopg.Error:  # an application role: it may search, not read the status
+        conn.rollback()
+        return ""
+    if row is None or not (row[1] or row[2]):
+        return ""
+    waiting = "its table's rows wait for a worker to queue them" if row[2] else f"{row[1]} rows wait for a worker"
+    return f" yet: it holds {row[0]} documents and {waiting} (run `semsearch worker`; `semsearch status` shows progress)"
 
 
 def cmd_backfill(args) -> None:
