@@ -67,6 +67,9 @@ BEGIN
         END IF;
         RETURN;
     END IF;
+    -- Wait for the batches writing the current store now: each that commits later reads the build and
+    -- writes both versions, so the walk (which starts after this commits) misses no row.
+    EXECUTE format('LOCK TABLE semsearch.%I IN SHARE MODE', ix.store_table);
     next_version := greatest(ix.version, b.version) + 1;
     target := semsearch.as_version(ix, format('store_%s_v%s', ix.name, next_version), new_model, new_dimensions,
                                    new_distance, new_storage);
@@ -111,6 +114,8 @@ END $$;
 
 -- The next step_rows keys of the build's walk over the table, in key order ('{}' when the walk is
 -- through; NULL when no build is filling). The walk's position moves with the caller's transaction.
+-- A step that reaches the table's end ends the walk: rows written since the build started are queued,
+-- and their batches write both versions, so chasing new keys would only race steady inserts.
 CREATE OR REPLACE FUNCTION semsearch.build_walk(index_id integer, step_rows integer)
 RETURNS text[] LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -124,12 +129,14 @@ BEGIN
         RETURN NULL;
     END IF;
     SELECT * INTO STRICT ix FROM semsearch.indexes i WHERE i.id = b.index_id;
+    IF b.walk_through THEN
+        RETURN '{}';
+    END IF;
     EXECUTE format('SELECT coalesce(array_agg(k), ''{}'') FROM (%s) s', semsearch.keys_after_sql(ix))
         INTO keys USING b.walk_after, step_rows;
-    IF cardinality(keys) > 0 THEN
-        UPDATE semsearch.builds x SET walk_after = keys[cardinality(keys)], rows_done = x.rows_done + cardinality(keys)
-         WHERE x.index_id = b.index_id;
-    END IF;
+    UPDATE semsearch.builds x SET walk_after = coalesce(keys[cardinality(keys)], x.walk_after),
+           rows_done = x.rows_done + cardinality(keys), walk_through = cardinality(keys) < step_rows
+     WHERE x.index_id = b.index_id;
     RETURN keys;
 END $$;
 
@@ -187,6 +194,7 @@ RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     UPDATE semsearch.builds x SET problem = record_build_problem.problem,
            phase = CASE WHEN record_build_problem.problem IS NULL THEN x.phase ELSE 'embedding' END,
            walk_after = CASE WHEN record_build_problem.problem IS NULL THEN x.walk_after END,
+           walk_through = record_build_problem.problem IS NULL AND x.walk_through,
            rows_done = CASE WHEN record_build_problem.problem IS NULL THEN x.rows_done ELSE 0 END
      WHERE x.index_id = record_build_problem.index_id AND x.problem IS DISTINCT FROM record_build_problem.problem
 $$;
@@ -229,6 +237,7 @@ BEGIN
     UPDATE semsearch.builds x SET model_revision = revision,
            phase = CASE WHEN b.model_revision IS NULL THEN x.phase ELSE 'embedding' END,
            walk_after = CASE WHEN b.model_revision IS NULL THEN x.walk_after END,
+           walk_through = b.model_revision IS NULL AND x.walk_through,
            rows_done = CASE WHEN b.model_revision IS NULL THEN x.rows_done ELSE 0 END
      WHERE x.index_id = b.index_id;
     RETURN b.model_revision IS NOT NULL;
