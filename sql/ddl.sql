@@ -264,15 +264,21 @@ BEGIN
     END IF;
 END $$;
 
+CREATE OR REPLACE FUNCTION semsearch.has_rows(ix semsearch.indexes)
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found_row boolean;
+BEGIN
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', ix.source) INTO found_row;
+    RETURN found_row;
+END $$;
+
 -- Ask for a backfill only when the table has rows: an index created with its table (create_all, a
 -- migration's create_table) queues each later row once, through its trigger.
 CREATE OR REPLACE FUNCTION semsearch.backfill_if_rows(ix semsearch.indexes)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    has_rows boolean;
 BEGIN
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', ix.source) INTO has_rows;
-    IF has_rows THEN
+    IF semsearch.has_rows(ix) THEN
         PERFORM semsearch.request_backfill(ix.name);
     END IF;
 END $$;
@@ -282,11 +288,8 @@ END $$;
 -- (build_first_hnsw); on an empty table it is indexed at once and each row goes in incrementally.
 CREATE OR REPLACE FUNCTION semsearch.first_fill(ix semsearch.indexes)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    has_rows boolean;
 BEGIN
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', ix.source) INTO has_rows;
-    IF has_rows THEN
+    IF semsearch.has_rows(ix) THEN
         UPDATE semsearch.indexes i SET hnsw_pending = true WHERE i.id = ix.id;
         PERFORM semsearch.request_backfill(ix.name);
     ELSE

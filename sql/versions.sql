@@ -187,17 +187,24 @@ RETURNS text[] LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_te
     SELECT coalesce(array_agg(key ORDER BY key), '{}') FROM taken
 $$;
 
+-- The build's walk starts over: every row is embedded into the new store again as the walk passes it.
+CREATE OR REPLACE FUNCTION semsearch.restart_walk(index_id integer)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE semsearch.builds x SET phase = 'embedding', walk_after = NULL, walk_through = false, rows_done = 0
+     WHERE x.index_id = restart_walk.index_id
+$$;
+
 -- The worker cannot make the build's vectors (model missing, other dimensions): the build stops, and
 -- starts its walk again once the problem is gone (batches meanwhile remove what they change from it).
 CREATE OR REPLACE FUNCTION semsearch.record_build_problem(index_id integer, problem text)
-RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    UPDATE semsearch.builds x SET problem = record_build_problem.problem,
-           phase = CASE WHEN record_build_problem.problem IS NULL THEN x.phase ELSE 'embedding' END,
-           walk_after = CASE WHEN record_build_problem.problem IS NULL THEN x.walk_after END,
-           walk_through = record_build_problem.problem IS NULL AND x.walk_through,
-           rows_done = CASE WHEN record_build_problem.problem IS NULL THEN x.rows_done ELSE 0 END
-     WHERE x.index_id = record_build_problem.index_id AND x.problem IS DISTINCT FROM record_build_problem.problem
-$$;
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE semsearch.builds x SET problem = record_build_problem.problem
+     WHERE x.index_id = record_build_problem.index_id AND x.problem IS DISTINCT FROM record_build_problem.problem;
+    IF FOUND AND problem IS NOT NULL THEN
+        PERFORM semsearch.restart_walk(index_id);
+    END IF;
+END $$;
 
 -- Each worker holds this lock (shared, as long as its connection lives) for the store it writes and the
 -- revision of the model it writes it with; a worker of another revision takes over only when no one holds it.
@@ -234,12 +241,10 @@ BEGIN
     END IF;
     SELECT * INTO STRICT ix FROM semsearch.indexes i WHERE i.id = b.index_id;
     PERFORM semsearch.refuse_other_revision(ix, b.store_table, b.model, b.model_revision, revision);
-    UPDATE semsearch.builds x SET model_revision = revision,
-           phase = CASE WHEN b.model_revision IS NULL THEN x.phase ELSE 'embedding' END,
-           walk_after = CASE WHEN b.model_revision IS NULL THEN x.walk_after END,
-           walk_through = b.model_revision IS NULL AND x.walk_through,
-           rows_done = CASE WHEN b.model_revision IS NULL THEN x.rows_done ELSE 0 END
-     WHERE x.index_id = b.index_id;
+    UPDATE semsearch.builds x SET model_revision = revision WHERE x.index_id = b.index_id;
+    IF b.model_revision IS NOT NULL THEN
+        PERFORM semsearch.restart_walk(b.index_id);
+    END IF;
     RETURN b.model_revision IS NOT NULL;
 END $$;
 
