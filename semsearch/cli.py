@@ -134,10 +134,7 @@ def cmd_status(args) -> None:
         return
     header = ("index", "table", "model", "version", "documents", "pending", "in flight", "failed", "oldest pending",
               "embedded/min", "backfill", "store", "store/document")
-    # A requested backfill is queued by a running worker: until then its rows are not counted as pending.
-    table = [header] + [tuple(str(v if v is not None else "-") for v in r[:3] + (r[13],) + r[3:9])
-                        + ("; ".join(["waiting for a worker"] * r[9] + ["first fill, HNSW index at its end"] * r[15]) or "-", r[11].replace(" ", ""), (r[12] or "-").replace(" ", ""))
-                        for r in rows]
+    table = [header] + [_status_cells(r) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -150,11 +147,19 @@ def cmd_status(args) -> None:
     if problems:
         print("\nindexes the workers cannot serve (their work waits):")
         for name, problem in problems:
-            print(f"  {name}: {problem}")
+            print(f"  {name}: " + problem.replace("\n", "\n    "))
     if failures:
         print("\nrecent failures (semsearch retry-failed requeues them):")
         for name, key, attempts, error in failures:
-            print(f"  {name} key={key} attempts={attempts}: {error}")
+            print(f"  {name} key={key} attempts={attempts}: " + error.replace("\n", "\n    "))
+
+
+def _status_cells(r) -> tuple[str, ...]:
+    """One index's row of the status table, from a row of semsearch.status as cmd_status selects it."""
+    counts = tuple(str(v if v is not None else "-") for v in r[:3] + (r[13],) + r[3:9])
+    # A requested backfill is queued by a running worker: until then its rows are not counted as pending.
+    backfill = "; ".join(["waiting for a worker"] * r[9] + ["first fill, HNSW index at its end"] * r[15]) or "-"
+    return counts + (backfill, r[11].replace(" ", ""), (r[12] or "-").replace(" ", ""))
 
 
 def cmd_search(args) -> None:

@@ -16,7 +16,9 @@ import time
 
 import psycopg
 
-from .embedder import Embedder
+from .batches import Item
+from .embedder import Embedder, forget_embedder
+from .registry import BatchVersions, IndexUnusable, RegistryChanged
 
 log = logging.getLogger("semsearch.worker")
 
@@ -40,8 +42,6 @@ class VersionBuilder:
     def build_step(self, conn: psycopg.Connection, ix) -> int:
         """One step of the index's build, in its own transaction; returns how many rows it settled
         (a phase change counts as 1), 0 when there is nothing to do now."""
-        from .worker import BatchVersions, RegistryChanged
-
         self._build_embedder(ix.build_model)  # loaded before taking any lock
         with conn.transaction():
             conn.execute("SELECT semsearch.lock_for_batch(%s)", (ix.id,))
@@ -101,8 +101,6 @@ class VersionBuilder:
         (a batch holding one is writing the same row to both versions), in key order like every taker."""
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(k)) FROM unnest(%s::text[]) k ORDER BY k",
                      (ix.id, sorted(keys)))
-        from .worker import Item
-
         items = [Item(key, 0, None) for key in keys]
         texts = self._read_source(conn, ix, keys)
         present, unembeddable = self._embeddable(items, texts)
@@ -118,8 +116,6 @@ class VersionBuilder:
         """A stopped build tries its model again once a minute; when it loads, the walk starts over."""
         if time.monotonic() < self._build_retry.get(ix.id, 0):
             return 0
-        from .embedder import forget_embedder
-
         with self._embedders_lock:
             self._embedders.pop(build.model, None)
         forget_embedder(build.model)
@@ -141,8 +137,6 @@ class VersionBuilder:
         """An index created on a table with rows fills its store without an HNSW index, at COPY speed
         (searches meanwhile scan it exactly); the index is built once, when the backfill is through and
         the queue has caught up (semsearch.build_first_hnsw). Returns 1 when it built it."""
-        from .worker import IndexUnusable
-
         started = time.monotonic()
         try:
             built = conn.execute("SELECT semsearch.build_first_hnsw(%s, %s)", (ix.id, self.batch_size)).fetchone()[0]

@@ -3,6 +3,90 @@
 -- the stores and the functions that read the source tables as semsearch's owner. Neither needs
 -- superuser or ownership; the role that installed semsearch (its owner) runs these.
 
+-- Per index: its store's row-level security and grants.
+
+-- semsearch.visible_<index>(key): may the caller read the source row of this key, with every indexed
+-- column? The store's row-level security policy calls it, under the caller's own rights and the source
+-- table's row-level security, so a role reads store rows (text, key, vector) only where it could read
+-- the same values in the table. Its text names the table, not the policy: the application stays free
+-- to drop or rename its table, and refresh_index rewrites the function. search_path is pinned, so the
+-- caller's search_path cannot swap an operator or type in it.
+CREATE OR REPLACE FUNCTION semsearch.visibility_body(ix semsearch.indexes)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('SELECT %s AND EXISTS (SELECT 1 FROM %s t WHERE (%s) = (%s))',
+                  (SELECT string_agg(format('has_column_privilege(%L, %L, ''SELECT'')', ix.source::text, c), ' AND ')
+                     FROM unnest(ix.columns || ix.key_columns) c),
+                  ix.source, semsearch.key_columns_sql(ix, 't'), semsearch.key_values_sql(ix, 'key'))
+$$;
+
+-- Its comment names the table and key it was written for: lookup_index compares them on every search.
+CREATE OR REPLACE FUNCTION semsearch.install_visibility(ix semsearch.indexes)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fn          name := 'visible_' || ix.name;
+    body        text := semsearch.visibility_body(ix);
+    fingerprint text := format('%s %s', ix.source::text, ix.key_columns::text);
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'semsearch'::regnamespace
+                   AND p.proname = fn AND p.prosrc = body) THEN
+        EXECUTE format('CREATE OR REPLACE FUNCTION semsearch.%I(key text) RETURNS boolean LANGUAGE sql STABLE '
+                       'SET search_path = pg_catalog, pg_temp AS %L', fn, body);
+    END IF;
+    IF obj_description(format('semsearch.%I(text)', fn)::regprocedure, 'pg_proc') IS DISTINCT FROM fingerprint THEN
+        EXECUTE format('COMMENT ON FUNCTION semsearch.%I(text) IS %L', fn, fingerprint);
+    END IF;
+END $$;
+
+-- Grants and row-level security of an index's store, for the roles in semsearch.roles. An application
+-- role reads a store row only if it can read the source row it came from (the policy asks the source
+-- table, under that role's own rights and row-level security), so searches never show, score or rank
+-- another tenant's rows. Worker roles read and write every store row.
+CREATE OR REPLACE FUNCTION semsearch.apply_access(ix semsearch.indexes)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    store   text := format('semsearch.%I', ix.store_table);
+    r       record;
+    tab     text;
+    workers text;
+BEGIN
+    PERFORM semsearch.install_visibility(ix);
+    -- The store and the keyword tables that name rows: readable row by row, as the source rows are.
+    -- (The term and length statistics name no row.)
+    FOREACH tab IN ARRAY ARRAY[store, semsearch.keyword_table(ix, 'docs'), semsearch.keyword_table(ix, 'postings')] LOOP
+        IF NOT (SELECT relrowsecurity FROM pg_class WHERE oid = tab::regclass) THEN
+            EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tab);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tab::regclass AND polname = 'semsearch_visible') THEN
+            EXECUTE format('CREATE POLICY semsearch_visible ON %s FOR SELECT USING (semsearch.%I(key))',
+                           tab, 'visible_' || ix.name);
+        END IF;
+    END LOOP;
+    SELECT string_agg(quote_ident(g.role), ', ' ORDER BY g.role) INTO workers
+      FROM semsearch.roles g JOIN pg_roles pr ON pr.rolname = g.role WHERE g.kind = 'worker';
+    -- Re-created only when the worker roles changed: it locks the store.
+    IF NOT EXISTS (SELECT 1 FROM pg_policy pp WHERE pp.polrelid = store::regclass AND pp.polname = 'semsearch_worker'
+                   AND (SELECT string_agg(quote_ident(rolname), ', ' ORDER BY rolname) FROM pg_roles
+                         WHERE oid = ANY (pp.polroles)) IS NOT DISTINCT FROM workers) THEN
+        IF EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = store::regclass AND polname = 'semsearch_worker') THEN
+            EXECUTE format('DROP POLICY semsearch_worker ON %s', store);
+        END IF;
+        IF workers IS NOT NULL THEN
+            EXECUTE format('CREATE POLICY semsearch_worker ON %s FOR ALL TO %s USING (true) WITH CHECK (true)', store, workers);
+        END IF;
+    END IF;
+    -- Workers write the keyword tables only through semsearch.index_keywords (SECURITY DEFINER).
+    FOR r IN SELECT role, kind FROM semsearch.roles WHERE role IN (SELECT rolname FROM pg_roles) LOOP
+        EXECUTE format('GRANT %s ON %s TO %I', CASE r.kind WHEN 'app' THEN 'SELECT' ELSE 'SELECT, INSERT, DELETE' END,
+                       store, r.role);
+        IF r.kind = 'app' THEN
+            EXECUTE format('GRANT SELECT ON %s, %s, %s, %s TO %I', semsearch.keyword_table(ix, 'docs'),
+                           semsearch.keyword_table(ix, 'postings'), semsearch.keyword_table(ix, 'terms'),
+                           semsearch.keyword_table(ix, 'stats'), r.role);
+        END IF;
+    END LOOP;
+END $$;
+
+-- Per role.
 
 -- What each kind of role may call.
 CREATE OR REPLACE FUNCTION semsearch.role_functions(kind text)

@@ -76,7 +76,7 @@ def test_two_revisions_of_a_model_never_write_one_store(db_url, conn, fake_embed
     they are fake): while an r1 worker runs, the r2 worker refuses the index with a clear problem; once
     the r1 worker is gone, it takes over and embeds every row once with r2."""
     from semsearch import Worker
-    from semsearch.worker import IndexUnusable
+    from semsearch.registry import IndexUnusable
 
     class Base(DeclarativeBase):
         pass

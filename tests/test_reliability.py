@@ -13,7 +13,7 @@ from pgvector.psycopg import register_vector
 from psycopg.rows import namedtuple_row
 
 from semsearch import Worker
-from semsearch.worker import load_indexes
+from semsearch.registry import load_indexes
 from semsearch.embedder import content_hash
 from semsearch.options import KNOWN_CHUNK_TOKENS
 

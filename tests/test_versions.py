@@ -18,7 +18,7 @@ import time
 import numpy as np
 import psycopg
 import pytest
-from sqlalchemy import Text, create_engine, select
+from sqlalchemy import Text, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from semsearch import SearchIndex
@@ -315,7 +315,7 @@ def test_a_build_is_never_written_by_two_revisions_of_its_model(db_url, conn, fa
     """A worker with other files of the build's model (revision r2) refuses the build while the r1 worker
     runs; once that one is gone, it takes the build over, walks again and switches to vectors of r2 only."""
     from semsearch import Worker
-    from semsearch.worker import IndexUnusable
+    from semsearch.registry import IndexUnusable
     from tests.helpers import drain
 
     assert cli(db_url, "install").returncode == 0
