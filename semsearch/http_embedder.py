@@ -8,6 +8,9 @@ else OPENAI_API_KEY; a local server needs none). The base URL's query string may
 (seconds per request, default 60), `max_retries` (default 5), and the prefixes a model wants before
 queries and documents (`query_prefix`, `document_prefix`, URL-encoded), e.g.
 `openai:nomic-embed-text@http://localhost:11434/v1?timeout=10&query_prefix=search_query:%20&document_prefix=search_document:%20`.
+The spec is the model's identity, so changing it builds a new version; SEMSEARCH_EMBEDDINGS_TIMEOUT and
+SEMSEARCH_EMBEDDINGS_MAX_RETRIES override its timeout and max_retries in one process instead (short ones
+for a web app's queries, the spec's for the worker).
 """
 from __future__ import annotations
 
@@ -63,6 +66,21 @@ def parse_spec(spec: str) -> Spec:
                 options.get("document_prefix", ""))
 
 
+def _setting(variable: str, kind: type, default):
+    """A client setting from the environment, overriding the spec's in this process only."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        number = -1
+    if number < 0 or (kind is float and not 0 < number < float("inf")):
+        raise ModelUnavailable(f"{variable}={value!r}: give " + ("the seconds per request, e.g. 5" if kind is float
+                                                                  else "the retries, 0 or more") + ", or unset it")
+    return number
+
+
 class OpenAIEmbedder:
     """An embedding model behind an OpenAI-compatible /v1/embeddings endpoint."""
 
@@ -74,6 +92,8 @@ class OpenAIEmbedder:
         self.name = spec
         self.revision = ""  # the server's to keep: the spec names the model
         self.model, base_url, timeout, max_retries, self.query_prefix, self.document_prefix = parse_spec(spec)
+        timeout = _setting("SEMSEARCH_EMBEDDINGS_TIMEOUT", float, timeout)
+        max_retries = _setting("SEMSEARCH_EMBEDDINGS_MAX_RETRIES", int, max_retries)
         api_key = os.environ.get("SEMSEARCH_EMBEDDINGS_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)

@@ -13,10 +13,12 @@ usual sentence-transformers layout). Needs `pip install 'semsearch[onnx]'` (onnx
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +33,27 @@ FORWARD_TOKENS = 2048
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SEMSEARCH_ONNX_CACHE", Path.home() / ".cache" / "semsearch" / "onnx"))
+
+
+@contextmanager
+def _quantizer_logs_dropped():
+    """onnxruntime.quantization logs its notes through the root logger itself (logging.info), which
+    also sets up logging for an application that had not: keep both out of the application's logs."""
+    root = logging.getLogger()
+    placeholder = logging.NullHandler() if not root.handlers else None
+    if placeholder:
+        root.addHandler(placeholder)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+        if placeholder:
+            root.removeHandler(placeholder)
 
 
 class OnnxEmbedder:
@@ -76,9 +99,10 @@ class OnnxEmbedder:
             self._export(exported)
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(exported, quantised, weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul"],
-                             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})  # (1: float)
+            with _quantizer_logs_dropped():
+                quantize_dynamic(exported, quantised, weight_type=QuantType.QInt8, per_channel=True,
+                                 op_types_to_quantize=["MatMul"],
+                                 extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})  # (1: float)
             os.replace(quantised, path)  # atomic: another process exporting at once replaces it alike
         return path
 

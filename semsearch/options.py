@@ -6,6 +6,8 @@ can never disagree.
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import asdict, dataclass, fields
 
 from .errors import SemsearchError
@@ -18,6 +20,31 @@ KNOWN_DIMENSIONS = {DEFAULT_MODEL: 384, "sentence-transformers/all-MiniLM-L6-v2"
 KNOWN_CHUNK_TOKENS = {DEFAULT_MODEL: 128, "sentence-transformers/all-MiniLM-L6-v2": 128, f"onnx:{DEFAULT_MODEL}": 128}
 DISTANCES = ("cosine", "l2", "inner_product")
 STORAGES = ("vector", "halfvec")  # the store's vector type: float4 or float2 (pgvector's halfvec)
+
+
+_SPEC_PREFIX = re.compile(r"[A-Za-z][\w.+-]+:")  # two letters or more: "C:" is a drive, not an embedder
+
+
+def check_model_spec(model: str) -> None:
+    """Refuse a model spec that no embedder can load when it is declared, not when a worker first tries:
+    an OpenAI-compatible server's spec is parsed, and an unknown `word:` prefix is a typo, not a model."""
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError("model must name a sentence-transformers model or folder, onnx:<model> or "
+                         "openai:<model>[@<base URL>]")
+    if model.startswith("openai:"):
+        from .http_embedder import parse_spec
+
+        try:
+            parse_spec(model)
+        except SemsearchError as exc:
+            raise ValueError(str(exc)) from None
+    elif model.startswith("onnx:"):
+        if not model[len("onnx:"):].strip():
+            raise ValueError(f"model {model!r} names no model: write onnx:<sentence-transformers model or folder>")
+    elif (prefix := _SPEC_PREFIX.match(model)) and not os.path.exists(os.path.expanduser(model)):
+        raise ValueError(f"model {model!r}: no embedder is called {prefix.group()!r}; write openai:<model>[@<base URL>] "
+                         "for an OpenAI-compatible server, onnx:<model> for ONNX Runtime, or a sentence-transformers "
+                         "model name or folder")
 
 
 @dataclass(frozen=True)
@@ -66,13 +93,7 @@ class IndexOptions:
                 raise ValueError(f"weights[{column!r}] must be a finite number of 0 or more, not {weight!r}")
         if not 0 <= self.bm25_k1 <= 100 or not 0 <= self.bm25_b <= 1:
             raise ValueError("bm25_k1 must be from 0 to 100 and bm25_b from 0 to 1")
-        if self.model.startswith("openai:"):  # an OpenAI-compatible server's spec: checked when declared
-            from .http_embedder import parse_spec
-
-            try:
-                parse_spec(self.model)
-            except SemsearchError as exc:
-                raise ValueError(str(exc)) from None
+        check_model_spec(self.model)
         if self.chunk_tokens is None and self.model in KNOWN_CHUNK_TOKENS:
             object.__setattr__(self, "chunk_tokens", KNOWN_CHUNK_TOKENS[self.model])
         known = KNOWN_DIMENSIONS.get(self.model)

@@ -3,11 +3,13 @@
 -- on disk with its HNSW index (not the keyword tables); bytes_per_document: that over the documents in it.
 -- version, dimensions: the current version of the vectors; build: the version being built and how far it is.
 -- first_fill: the store fills without its HNSW index, built when the backfill is through.
+-- model_revision: the revision of the model that made the current version's vectors (NULL until a
+-- worker has loaded it; '' for a model without one, such as an OpenAI-compatible server's).
 -- An installation made before a column was added to the status: drop and recreate.
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure('semsearch.index_status()')
-               AND NOT 'first_fill' = ANY(proargnames)) THEN
+               AND NOT 'model_revision' = ANY(proargnames)) THEN
         DROP VIEW IF EXISTS semsearch.status;
         DROP FUNCTION semsearch.index_status();
     END IF;
@@ -17,7 +19,7 @@ CREATE OR REPLACE FUNCTION semsearch.index_status()
 RETURNS TABLE (index_name text, source_table text, model text, pending bigint, in_flight bigint, failed bigint,
                oldest_pending_age interval, embedded_last_minute bigint, documents bigint,
                backfilling boolean, problem text, store_bytes bigint, bytes_per_document bigint, version integer,
-               build text, dimensions integer, first_fill boolean)
+               build text, dimensions integer, first_fill boolean, model_revision text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes;
@@ -46,6 +48,7 @@ BEGIN
         dimensions := ix.dimensions;
         build := semsearch.build_progress(ix.id);
         first_fill := ix.hnsw_pending;
+        model_revision := ix.model_revision;
         RETURN NEXT;
     END LOOP;
 END $$;

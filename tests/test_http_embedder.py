@@ -205,6 +205,51 @@ def test_a_spec_with_a_typo_is_refused_when_declared():
     with pytest.raises(ValueError, match="unknown option timout; the base URL's query takes timeout, max_retries, "
                                          "query_prefix, document_prefix"):
         SearchIndex("body", model=f"openai:m@http://127.0.0.1:{PORT}/v1?timout=5", dimensions=384)
+    with pytest.raises(ValueError, match="no embedder is called 'opnai:'; write openai:<model>"):
+        SearchIndex("body", model=f"opnai:m@http://127.0.0.1:{PORT}/v1", dimensions=384)
+
+
+def test_a_misspelled_embedder_written_in_sql_is_the_index_problem(db_url, conn):
+    """SQL users skip the declaration's check: the worker names the typo instead of looking for a model folder."""
+    env = {**os.environ, "SEMSEARCH_DATABASE_URL": db_url}
+    assert subprocess.run([sys.executable, "-m", "semsearch.cli", "install"], env=env, timeout=120).returncode == 0
+    conn.execute("CREATE TABLE http_typos (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO http_typos VALUES (1, 'a row')")
+    conn.execute("SELECT semsearch.create_index('http_typos_search', 'http_typos', ARRAY['body'], "
+                 "model => %s, dimensions => 384)", (f"opnai:m@http://127.0.0.1:{PORT}/v1",))
+    result = subprocess.run([sys.executable, "-m", "semsearch.cli", "worker", "--drain"], capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "http_typos_search" in result.stderr and "no embedder is called 'opnai:'" in result.stderr
+
+
+def test_a_process_sets_its_own_timeout_without_changing_the_index(server, tickets, db_url, conn):
+    """SEMSEARCH_EMBEDDINGS_TIMEOUT / _MAX_RETRIES give one process (a web app's queries) short client
+    settings while the index's spec, and so its vectors, stay as they are."""
+    add_tickets(tickets, 1, 4)
+    env = {**os.environ, "SEMSEARCH_DATABASE_URL": db_url}
+    drained = subprocess.run([sys.executable, "-m", "semsearch.cli", "worker", "--drain"], capture_output=True,
+                             text=True, timeout=120, env=env)
+    assert drained.returncode == 0, drained.stderr
+    # The spec allows 1 s per request and 2 retries: a 1.5 s answer is a timeout, then a success.
+    server.post("/faults", [{"delay": 1.5}])
+    patient = subprocess.run([sys.executable, "-m", "semsearch.cli", "search", "http_tickets_search", "printer",
+                              "--mode", "semantic"], capture_output=True, text=True, timeout=120,
+                             env={**env, "SEMSEARCH_EMBEDDINGS_TIMEOUT": "5", "SEMSEARCH_EMBEDDINGS_MAX_RETRIES": "0"})
+    assert patient.returncode == 0 and "printer" in patient.stdout, patient.stderr
+    server.post("/faults", [{"delay": 1.5}])
+    impatient = subprocess.run([sys.executable, "-m", "semsearch.cli", "search", "http_tickets_search", "printer",
+                                "--mode", "semantic"], capture_output=True, text=True, timeout=120,
+                               env={**env, "SEMSEARCH_EMBEDDINGS_TIMEOUT": "0.5",
+                                    "SEMSEARCH_EMBEDDINGS_MAX_RETRIES": "0"})
+    assert impatient.returncode != 0 and "cannot reach" in impatient.stderr, impatient.stderr
+    assert [r["fault"] for r in server.requests()[-2:]] == [{"delay": 1.5}, {"delay": 1.5}]  # one request each
+    assert conn.execute("SELECT model, version FROM semsearch.indexes WHERE name = 'http_tickets_search'"
+                        ).fetchone() == (SPEC, 1)
+    bad = subprocess.run([sys.executable, "-m", "semsearch.cli", "search", "http_tickets_search", "printer",
+                          "--mode", "semantic"], capture_output=True, text=True, timeout=120,
+                         env={**env, "SEMSEARCH_EMBEDDINGS_TIMEOUT": "soon"})
+    assert bad.returncode != 0 and "SEMSEARCH_EMBEDDINGS_TIMEOUT='soon': give the seconds per request" in bad.stderr
 
 
 def test_a_wrong_base_url_is_the_index_problem_not_an_outage(server, db_url, conn):

@@ -219,7 +219,8 @@ def test_reindex_refuses_wrong_models_and_keeps_serving(db_url, conn, projected_
                           (["--model", projected_model, "--dimensions", "256", "--maintenance-work-mem", "1"],
                            "give a size with its unit"),
                           (["--model", "/nonexistent/model", "--dimensions", "256"], "no such model folder"),
-                          (["--storage", "float8"], "invalid choice")):
+                          (["--storage", "float8"], "invalid choice"),
+                          (["--modle", projected_model], "usage: semsearch reindex")):
         out = cli(db_url, "reindex", "places_search", *args)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
     with pytest.raises(psycopg.errors.RaiseException, match="give the dimensions of model"):
@@ -249,6 +250,8 @@ def test_reindex_refuses_wrong_models_and_keeps_serving(db_url, conn, projected_
         out = cli(db_url, "reindex", "places_search", "--model", projected_model, "--dimensions", "256",
                   "--maintenance-work-mem", "128MB", "--wait")
         assert out.returncode == 0 and "now serves version" in out.stdout, out.stderr
+        assert f"Declare the same in your code (places_search's SearchIndex(..., model={projected_model!r}, " \
+               "dimensions=256))" in out.stdout
     finally:
         worker.send_signal(signal.SIGINT)
         worker.communicate(timeout=60)
@@ -269,6 +272,14 @@ def test_reindex_refuses_wrong_models_and_keeps_serving(db_url, conn, projected_
     assert cli(db_url, "worker", "--drain").returncode == 0
     assert conn.execute("SELECT model, dimensions, version FROM semsearch.status").fetchone() == (
         "all-MiniLM-L6-v2", 384, 5)
+    revision = conn.execute("SELECT model_revision FROM semsearch.indexes").fetchone()[0]
+    assert revision and f"all-MiniLM-L6-v2@{revision}" in cli(db_url, "status").stdout
+    # Chunking alone changes in place: the same version, every row re-chunked once a worker runs.
+    out = cli(db_url, "reindex", "places_search", "--chunk-tokens", "4", "--chunk-overlap", "0")
+    assert out.returncode == 0 and "chunking changed in place" in out.stdout, out.stderr
+    assert cli(db_url, "worker", "--drain").returncode == 0
+    assert conn.execute("SELECT count(DISTINCT key), count(*) > 80, min(i.version), min(i.chunk_tokens) "
+                        "FROM semsearch.store_places_search_v5, semsearch.indexes i").fetchone() == (40, True, 5, 4)
 
     # A new process whose code still declares the 256-dimensional model (an old replica, a rollback):
     # preload(engine) at its start, and its first query embeds with the model the database serves.
