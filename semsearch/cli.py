@@ -118,13 +118,19 @@ def run_worker(worker, drain: bool, show_progress: bool) -> None:
 
 
 def cmd_status(args) -> None:
+    import psycopg
+
     with _connect_installed(args) as conn:
-        rows = conn.execute(
-            "SELECT index_name, source_table, model, documents, pending, in_flight, failed, "
-            "oldest_pending_age, embedded_last_minute, backfilling, problem, "
-            "pg_size_pretty(store_bytes), pg_size_pretty(bytes_per_document), version, build, first_fill, model_revision "
-            "FROM semsearch.status"
-        ).fetchall()
+        try:
+            rows = conn.execute(
+                "SELECT index_name, source_table, model, documents, pending, in_flight, failed, "
+                "oldest_pending_age, embedded_last_minute, backfilling, problem, "
+                "pg_size_pretty(store_bytes), pg_size_pretty(bytes_per_document), version, build, first_fill, "
+                "model_revision FROM semsearch.status"
+            ).fetchall()
+        except psycopg.errors.UndefinedColumn:
+            raise SemsearchError("this database's semsearch schema is older than this semsearch: upgrade it with "
+                                 "`semsearch install` (or your migrations, or create_all)") from None
         failures = conn.execute(
             """SELECT i.name, f.key, f.attempts, f.error FROM semsearch.failures f
                JOIN semsearch.indexes i ON i.id = f.index_id ORDER BY f.failed_at DESC LIMIT %s""",
@@ -157,10 +163,29 @@ def cmd_status(args) -> None:
 def _status_cells(r) -> tuple[str, ...]:
     """One index's row of the status table, from a row of semsearch.status as cmd_status selects it."""
     model = f"{r[2]}@{r[16]}" if r[16] else r[2]  # the revision that made the vectors, once a worker knows it
-    counts = tuple(str(v if v is not None else "-") for v in r[:2] + (model, r[13]) + r[3:9])
+    counts = tuple(str(v if v is not None else "-") for v in r[:2] + (model, r[13]) + r[3:7])
+    counts += (_age(r[7]), str(r[8]))
     # A requested backfill is queued by a running worker: until then its rows are not counted as pending.
     backfill = "; ".join(["waiting for a worker"] * r[9] + ["first fill, HNSW index at its end"] * r[15]) or "-"
-    return counts + (backfill, r[11].replace(" ", ""), (r[12] or "-").replace(" ", ""))
+    return counts + (backfill, _size(r[11]), _size(r[12]))
+
+
+def _size(pretty: str | None) -> str:
+    """pg_size_pretty's '4532 bytes' / '48 kB' as one cell: 4532B, 48kB."""
+    return pretty.replace(" bytes", "B").replace(" ", "") if pretty else "-"
+
+
+def _age(age) -> str:
+    """A queue row's age (a timedelta) as 0.4s, 3m12s, 5h03m or 2d04h."""
+    if age is None:
+        return "-"
+    seconds = age.total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, hours = int(seconds // 60), int(seconds // 3600)
+    if hours < 1:
+        return f"{minutes}m{int(seconds % 60):02d}s"
+    return f"{hours}h{minutes % 60:02d}m" if hours < 24 else f"{hours // 24}d{hours % 24:02d}h"
 
 
 def cmd_search(args) -> None:
@@ -244,6 +269,10 @@ def cmd_reindex(args) -> None:
         raise SemsearchError("give what changes: --model (with --dimensions for a model semsearch does not know), "
                              "--dimensions, --distance, --storage, --chunk-tokens or --chunk-overlap")
     in_place = not set(changes) & {"model", "dimensions", "distance", "storage"}
+    try:  # (the overlap against the index's chunk size is checked by the server, which knows both)
+        IndexOptions(**{"chunk_overlap": 0, **{k: v for k, v in changes.items() if k != "maintenance_work_mem"}})
+    except ValueError as exc:
+        raise SemsearchError(str(exc)) from None
     if args.model and args.dimensions is None and args.model not in KNOWN_DIMENSIONS:
         raise SemsearchError(f"give --dimensions N with --model {args.model}: the length of the vectors it makes")
     if args.model and args.model.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(args.model)):
@@ -251,10 +280,6 @@ def cmd_reindex(args) -> None:
     if args.maintenance_work_mem is not None and not re.fullmatch(r"\d+\s*(kB|MB|GB|TB)", args.maintenance_work_mem):
         raise SemsearchError(f"--maintenance-work-mem {args.maintenance_work_mem!r}: give a size with its unit, "
                              "e.g. 512MB or 1GB (kB, MB, GB or TB)")
-    try:
-        IndexOptions(**{k: v for k, v in changes.items() if k != "maintenance_work_mem"})
-    except ValueError as exc:
-        raise SemsearchError(str(exc)) from None
     building = ("SELECT b.version, b.model, b.dimensions, b.maintenance_work_mem FROM semsearch.builds b "
                 "JOIN semsearch.indexes i ON i.id = b.index_id WHERE i.name = %s")
     with _connect_installed(args) as conn:
@@ -286,6 +311,7 @@ def cmd_reindex(args) -> None:
                   "builds it; `semsearch status` shows how far." + _declaration_reminder(args.index, changes))
         if not args.wait:
             return
+        started, warned = time.monotonic(), False
         with _progress(0, f"building {args.index}") as bar:
             while True:
                 row = conn.execute("SELECT b.rows_done, b.rows_total, b.phase, b.problem FROM semsearch.builds b "
@@ -299,6 +325,9 @@ def cmd_reindex(args) -> None:
                 bar.total = max(row[1] or 0, row[0])
                 bar.n = row[0]
                 bar.set_postfix_str(row[2])
+                if not warned and time.monotonic() - started > 10 and not _worker_connected(conn):
+                    bar.write(f"no `semsearch worker` is connected to this database: start one to build {args.index}")
+                    warned = True
                 time.sleep(1)
         print(f"index {args.index} now serves version {build[0]} ({build[1]})")
 
@@ -310,10 +339,20 @@ def _declaration_reminder(index: str, changes: dict) -> str:
             "run with the old declaration changes the index back.")
 
 
+def _worker_connected(conn) -> bool:
+    from .worker import WORKER_APPLICATION
+
+    found = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND application_name LIKE %s)", (WORKER_APPLICATION + " %",)).fetchone()[0]
+    conn.commit()
+    return found
+
+
 def _wait_for_requeued_rows(conn, index: str) -> None:
     """Until a worker has re-embedded the rows a change in place queued again."""
     import time
 
+    started, warned = time.monotonic(), False
     with _progress(0, f"re-embedding {index}") as bar:
         while True:
             pending, backfilling = conn.execute("SELECT pending, backfilling FROM semsearch.status WHERE index_name = %s",
@@ -324,6 +363,9 @@ def _wait_for_requeued_rows(conn, index: str) -> None:
             bar.total = max(bar.total or 0, pending)
             bar.n = bar.total - pending
             bar.refresh()
+            if not warned and time.monotonic() - started > 10 and not _worker_connected(conn):
+                bar.write(f"no `semsearch worker` is connected to this database: start one to re-embed {index}")
+                warned = True
             time.sleep(1)
     print(f"index {index}: every queued row is re-embedded")
 
@@ -380,12 +422,13 @@ def cmd_server(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semsearch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    url_help = "database URL (default: SEMSEARCH_DATABASE_URL, DATABASE_URL, else the embedded server)"
+    parser.add_argument("--url", help=url_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     def add(name, func, help):
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--url", help="database URL (default: SEMSEARCH_DATABASE_URL, DATABASE_URL, "
-                                     "else the embedded server)")
+        p.add_argument("--url", help=url_help, default=argparse.SUPPRESS)  # (or before the command)
         p.set_defaults(func=func, command_parser=p)
         return p
 

@@ -11,8 +11,9 @@ DDL (semsearch.ddl) that Alembic's operations and `semsearch install` run.
 """
 from __future__ import annotations
 
+import logging
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, MetaData, Select, Table, event, text
 from sqlalchemy.exc import DBAPIError
@@ -22,6 +23,7 @@ from .ddl import CreateSearchIndex, DropSearchIndex
 from .errors import NotInstalled
 from .options import IndexOptions
 
+log = logging.getLogger("semsearch")
 
 @dataclass
 class IndexDefinition:
@@ -207,8 +209,36 @@ def _after_create(metadata: MetaData, connection: Connection, **kw) -> None:
                                    "run create_all or your migrations as the role that installed semsearch") from None
         return
     install(connection)
-    for index in declared_indexes(metadata):
-        index.definition().create(connection)
+    for index in declared_indexes(metadata):  # (kw["tables"] holds only the tables created this time)
+        _create_or_align(connection, index.definition())
+
+
+# The version an index serves and the one being built, with their models and dimensions.
+_VERSIONS = text("""SELECT i.model, i.dimensions, b.version, b.model, b.dimensions FROM semsearch.indexes i
+                     LEFT JOIN semsearch.builds b ON b.index_id = i.id WHERE i.name = :name""")
+
+
+def _create_or_align(connection: Connection, definition: IndexDefinition) -> None:
+    """Create the index, or bring it in line with its declaration. A model without declared dimensions
+    takes them from the index when it already has that model, so that a restart never needs the model
+    (or an embedding server); a build this starts or cancels is logged, as a stale declaration in a
+    rolling deploy would otherwise change models unnoticed."""
+    before = connection.execute(_VERSIONS, {"name": definition.name}).first()
+    model = definition.options.model
+    if definition.options.dimensions is None and before is not None and model in (before[0], before[3]):
+        dimensions = before[1] if model == before[0] else before[4]
+        definition = replace(definition, options=replace(definition.options, dimensions=dimensions))
+    definition.create(connection)
+    after = connection.execute(_VERSIONS, {"name": definition.name}).first()
+    if before is None or before[2:4] == after[2:4]:
+        return
+    if before[2] is not None:
+        log.warning("create_all cancelled the build of version %s (%s) of search index %s: its declaration asks for "
+                    "the model it serves, %s", before[2], before[3], definition.name, after[0])
+    if after[2] is not None:
+        log.warning("create_all started building version %s of search index %s with model %s (%s dimensions), as "
+                    "declared; it serves %s until a worker has built it", after[2], definition.name, after[3],
+                    after[4], after[0])
 
 
 def _before_drop(metadata: MetaData, connection: Connection, **kw) -> None:

@@ -154,7 +154,12 @@ class OpenAIEmbedder:
         errors = self._openai
         try:
             response = self.client.embeddings.create(model=self.model, input=inputs, encoding_format="float")
-        except errors.APIConnectionError as exc:  # (timeouts too)
+        except errors.APITimeoutError as exc:  # the settings this process used, which the environment may set
+            raise EmbedderUnavailable(
+                f"{self.name}: {self.base_url} gave no answer within {self.client.timeout:g} s, "
+                f"{self.client.max_retries + 1} time(s) (timeout and max_retries: the spec's, or "
+                "SEMSEARCH_EMBEDDINGS_TIMEOUT / SEMSEARCH_EMBEDDINGS_MAX_RETRIES in this process)") from exc
+        except errors.APIConnectionError as exc:
             cause = f" ({exc.__cause__})" if exc.__cause__ else ""
             raise EmbedderUnavailable(f"{self.name}: cannot reach {self.base_url}: {exc}{cause}") from exc
         except (errors.AuthenticationError, errors.PermissionDeniedError) as exc:

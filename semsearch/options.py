@@ -96,6 +96,10 @@ class IndexOptions:
         check_model_spec(self.model)
         if self.chunk_tokens is None and self.model in KNOWN_CHUNK_TOKENS:
             object.__setattr__(self, "chunk_tokens", KNOWN_CHUNK_TOKENS[self.model])
+        if self.chunk_tokens is not None and self.chunk_overlap >= self.chunk_tokens:  # (as semsearch.check_chunking)
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be less than chunk_tokens ({self.chunk_tokens}): "
+                             "consecutive chunks share chunk_overlap tokens, so give a smaller chunk_overlap too, e.g. "
+                             f"chunk_overlap={self.chunk_tokens // 4}")
         known = KNOWN_DIMENSIONS.get(self.model)
         if self.dimensions is None and known:
             object.__setattr__(self, "dimensions", known)

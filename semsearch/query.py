@@ -9,6 +9,7 @@ best keys to the model's table, so a .where() added to it filters only those can
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 import weakref
@@ -22,12 +23,14 @@ from sqlalchemy import Engine, Float, Integer, Select, Text, and_, cast, column,
 from sqlalchemy.dialects.postgresql import JSONB
 
 from .embedder import encode_queries, get_embedder
-from .errors import InvalidQuery
+from .errors import EmbedderUnavailable, InvalidQuery
 from .options import (DEFAULT_FUSION, DEFAULT_KEYWORD_CANDIDATES, DEFAULT_SEMANTIC_CANDIDATES, DEFAULT_KEYWORD_WEIGHT, DEFAULT_RRF_K, DEFAULT_SEMANTIC_WEIGHT,
                       FUSIONS, KEYWORD_SYNTAXES, MAX_QUERY_CHARS, MAX_RESULTS)
 
 if TYPE_CHECKING:
     from .declaration import SearchIndex
+
+log = logging.getLogger("semsearch")
 
 
 def clean_query(query: str) -> str:
@@ -249,7 +252,11 @@ def preload(*engines_or_models) -> None:
             _serving.pop(index.name, None)
             models.append(serving_model(index)[0])
     for model in dict.fromkeys(models or [DEFAULT_MODEL]):
-        encode_queries(get_embedder(model), ["warm-up"])
+        try:
+            encode_queries(get_embedder(model), ["warm-up"])
+        except EmbedderUnavailable as exc:  # a service that is down must not keep the application from starting
+            log.warning("preload: %s; semantic and hybrid queries raise EmbedderUnavailable until it answers "
+                        "(keyword search needs no model)", exc)
 
 
 async def apreload(*engines_or_models) -> None:

@@ -15,6 +15,7 @@ the database they compete for the same cores, so the default is one lane.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 import threading
@@ -36,6 +37,7 @@ from .versions import VersionBuilder
 log = logging.getLogger("semsearch.worker")
 
 NOTIFY_CHANNEL = "semsearch"
+WORKER_APPLICATION = "semsearch worker"  # its lanes' application_name, so that others can tell one runs
 UNUSABLE_RETRY_SECONDS = 60
 OUTAGE_FIRST_WAIT, OUTAGE_LONGEST_WAIT = 1.0, 60.0  # seconds between tries of an embedding service that is down
 # Connection errors of a server that will accept connections soon (SQLSTATE 57P03 and friends).
@@ -152,7 +154,7 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
         backoff, connected_once, started = 0.5, False, time.monotonic()
         while not self._stop.is_set():
             try:
-                with connect(self.url) as conn:
+                with connect(self.url, application_name=f"{WORKER_APPLICATION} pid {os.getpid()}") as conn:
                     conn.row_factory = namedtuple_row
                     # Safe to skip the WAL flush wait: the store write and the queue delete commit
                     # together, so a crash can only undo both and the batch is simply redone.
@@ -210,7 +212,7 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
     def _work(self, conn: psycopg.Connection, drain: bool) -> bool:
         """Process batches until stopped; returns True when drained."""
         indexes = None
-        waiting = False
+        waiting = announced = False
         conn.execute("DELETE FROM semsearch.listeners l WHERE NOT EXISTS "
                      "(SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.pid)")  # left by killed workers
         conn.commit()
@@ -219,6 +221,10 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
             if indexes is None:  # (re)read the registry when idle, not on every batch
                 indexes = load_indexes(conn, self.index_names)
                 conn.commit()
+                if not announced:
+                    log.info("worker serving %s in database %s", ", ".join(ix.name for ix in indexes) or
+                             "no index yet (it picks new ones up as they are created)", conn.info.dbname)
+                    announced = True
                 self._check_indexes(conn, indexes)
                 self._backfill(conn, self._usable(indexes))
             usable = self._usable(indexes)

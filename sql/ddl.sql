@@ -165,6 +165,22 @@ BEGIN
     RETURN CASE WHEN 1 = ALL (result) THEN NULL ELSE result END;
 END $$;
 
+-- Chunking in range, with errors that say what to do. An overlap as long as the chunk would advance one
+-- token per chunk: a chunk per token. (NULL chunk_tokens: the model's window, checked by the worker.)
+CREATE OR REPLACE FUNCTION semsearch.check_chunking(index_name text, chunk_tokens integer, chunk_overlap integer)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF chunk_tokens < 1 OR chunk_overlap IS NULL OR chunk_overlap < 0 THEN
+        RAISE EXCEPTION 'semsearch index "%": chunk_tokens must be at least 1 (or NULL) and chunk_overlap 0 or more',
+            index_name;
+    ELSIF chunk_overlap >= chunk_tokens THEN
+        RAISE EXCEPTION 'semsearch index "%": chunk_overlap (%) must be less than chunk_tokens (%)',
+            index_name, chunk_overlap, chunk_tokens
+            USING HINT = format('Consecutive chunks share chunk_overlap tokens: give a smaller chunk_overlap too, e.g. %s.',
+                                chunk_tokens / 4);
+    END IF;
+END $$;
+
 -- Keyword options in range, with errors that say what to do.
 CREATE OR REPLACE FUNCTION semsearch.check_keyword_options(index_name text, columns text[], column_weights float8[],
     bm25_k1 float8, bm25_b float8)
@@ -294,6 +310,7 @@ BEGIN
     END IF;
     column_weights := semsearch.weights_array(index_name, columns, weights);
     PERFORM semsearch.check_keyword_options(index_name, columns, column_weights, bm25_k1, bm25_b);
+    PERFORM semsearch.check_chunking(index_name, chunk_tokens, chunk_overlap);
     key_cols := semsearch.current_key_columns(source);
     IF key_cols IS NULL THEN
         RAISE EXCEPTION 'table % has no primary key', source
@@ -411,9 +428,8 @@ BEGIN
         RAISE EXCEPTION 'unknown distance "%"', dist USING HINT = 'Use cosine, l2 or inner_product.';
     ELSIF store_type NOT IN ('vector', 'halfvec') THEN
         RAISE EXCEPTION 'unknown storage "%"', store_type USING HINT = 'Use vector (float4) or halfvec (float2).';
-    ELSIF chunks < 1 OR overlap < 0 THEN
-        RAISE EXCEPTION 'semsearch index "%": chunk_tokens must be at least 1 (or NULL) and chunk_overlap 0 or more', ix.name;
     END IF;
+    PERFORM semsearch.check_chunking(ix.name, chunks, overlap);
     IF work_mem IS NOT NULL THEN  -- refused now, not when the worker reaches the HNSW build (the
         PERFORM set_config('maintenance_work_mem', work_mem, true);  -- function's SET clause restores it)
     END IF;
@@ -471,6 +487,9 @@ BEGIN
     -- Checked before writing, for errors that say what to do (not the table's CHECK constraints).
     PERFORM semsearch.check_keyword_options(old.name, new_columns, new_weights,
         coalesce((changes ->> 'bm25_k1')::float8, old.bm25_k1), coalesce((changes ->> 'bm25_b')::float8, old.bm25_b));
+    PERFORM semsearch.check_chunking(old.name,
+        CASE WHEN changes ? 'chunk_tokens' THEN (changes ->> 'chunk_tokens')::integer ELSE old.chunk_tokens END,
+        CASE WHEN changes ? 'chunk_overlap' THEN (changes ->> 'chunk_overlap')::integer ELSE old.chunk_overlap END);
     UPDATE semsearch.indexes i SET
         columns = new_columns::name[],
         column_attnums = CASE WHEN changes ? 'columns' THEN semsearch.column_numbers(i.source, new_columns)

@@ -4,6 +4,7 @@ outage longer than every retry, through the `semsearch worker` command and the O
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -116,8 +117,8 @@ def test_worker_command_embeds_through_the_server_despite_429_500_and_timeouts(s
                             timeout=60, env={**os.environ, "SEMSEARCH_DATABASE_URL": db_url})
     header, row = status.stdout.splitlines()[:2]
     assert header.split()[-2:] == ["store", "store/document"] and row.split()[-2:] == [
-        conn.execute("SELECT pg_size_pretty(store_bytes) FROM semsearch.status").fetchone()[0].replace(" ", ""),
-        conn.execute("SELECT pg_size_pretty(bytes_per_document) FROM semsearch.status").fetchone()[0].replace(" ", "")]
+        conn.execute(f"SELECT pg_size_pretty({size}) FROM semsearch.status").fetchone()[0].replace(" bytes", "B")
+        .replace(" ", "") for size in ("store_bytes", "bytes_per_document")]
     log = server.requests()
     assert [r["status"] for r in log[:3]] == [429, 500, 200] and log[2]["fault"] == {"delay": 3}
     assert log[1]["at"] - log[0]["at"] >= 2  # the client waited as Retry-After said
@@ -207,6 +208,43 @@ def test_a_spec_with_a_typo_is_refused_when_declared():
         SearchIndex("body", model=f"openai:m@http://127.0.0.1:{PORT}/v1?timout=5", dimensions=384)
     with pytest.raises(ValueError, match="no embedder is called 'opnai:'; write openai:<model>"):
         SearchIndex("body", model=f"opnai:m@http://127.0.0.1:{PORT}/v1", dimensions=384)
+    with pytest.raises(ValueError, match=r"chunk_overlap \(32\) must be less than chunk_tokens \(16\)"):
+        SearchIndex("body", model=SPEC, dimensions=384, chunk_tokens=16)
+
+
+def test_a_restart_needs_no_embedding_server_for_an_index_it_has(server, db_url, conn, caplog):
+    """Without dimensions=, create_all asks the server only for an index it does not have yet; at
+    start-up, preload during an outage logs a warning instead of keeping the application down."""
+    spec = f"openai:all-MiniLM-L6-v2@http://127.0.0.1:{PORT}/v1?timeout=1&max_retries=0"
+
+    def declare():
+        class Base(DeclarativeBase):
+            pass
+
+        class Memo(Base):
+            __tablename__ = "http_restart_memos"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            body: Mapped[str]
+            search = SearchIndex("body", model=spec)
+
+        return Base, Memo
+
+    Base, _ = declare()
+    engine = create_engine(sqlalchemy_url(db_url))
+    forget_embedder(spec)
+    Base.metadata.create_all(engine)
+    assert conn.execute("SELECT dimensions FROM semsearch.indexes").fetchone() == (384,)
+    assert len(server.requests()) == 1  # one short input for the dimensions
+    server.stop()
+    forget_embedder(spec)  # a new process, while the server is down
+    Base, _ = declare()
+    Base.metadata.create_all(engine)  # would raise EmbedderUnavailable if it asked
+    from semsearch import preload
+
+    with caplog.at_level(logging.WARNING, logger="semsearch"):
+        preload(engine)
+    assert "preload:" in caplog.text and "keyword search needs no model" in caplog.text
+    engine.dispose()
 
 
 def test_a_misspelled_embedder_written_in_sql_is_the_index_problem(db_url, conn):
@@ -242,7 +280,7 @@ def test_a_process_sets_its_own_timeout_without_changing_the_index(server, ticke
                                 "--mode", "semantic"], capture_output=True, text=True, timeout=120,
                                env={**env, "SEMSEARCH_EMBEDDINGS_TIMEOUT": "0.5",
                                     "SEMSEARCH_EMBEDDINGS_MAX_RETRIES": "0"})
-    assert impatient.returncode != 0 and "cannot reach" in impatient.stderr, impatient.stderr
+    assert impatient.returncode != 0 and "gave no answer within 0.5 s, 1 time(s)" in impatient.stderr, impatient.stderr
     assert [r["fault"] for r in server.requests()[-2:]] == [{"delay": 1.5}, {"delay": 1.5}]  # one request each
     assert conn.execute("SELECT model, version FROM semsearch.indexes WHERE name = 'http_tickets_search'"
                         ).fetchone() == (SPEC, 1)

@@ -7,6 +7,7 @@ dimensions on top, saved as a sentence-transformers folder, so the switch also c
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -83,7 +84,7 @@ def text_of(i: int, version: int = 0) -> str:
     return f"place {i}: a {WORDS[i % len(WORDS)]} seen on trip {version}"
 
 
-def test_a_live_index_changes_model_while_rows_are_written_and_searched(db_url, conn, projected_model):
+def test_a_live_index_changes_model_while_rows_are_written_and_searched(db_url, conn, projected_model, caplog):
     OldBase, OldPlace = declare()
     engine = create_engine(sqlalchemy_url(db_url))
     OldBase.metadata.create_all(engine)
@@ -135,12 +136,18 @@ def test_a_live_index_changes_model_while_rows_are_written_and_searched(db_url, 
         for t in threads:
             t.start()
         time.sleep(1)
-        NewBase.metadata.create_all(engine)
+        with caplog.at_level(logging.WARNING, logger="semsearch"):
+            NewBase.metadata.create_all(engine)
+        assert (f"create_all started building version 2 of search index places_search with model {projected_model} "
+                "(256 dimensions), as declared; it serves all-MiniLM-L6-v2 until") in caplog.text
+        caplog.clear()
         assert conn.execute("SELECT model, dimensions FROM semsearch.indexes").fetchone() == ("all-MiniLM-L6-v2", 384)
         build = conn.execute("SELECT build FROM semsearch.status").fetchone()[0]
         assert build.startswith(f"v2 ({projected_model}, 256 dims)"), build
-        NewBase.metadata.create_all(engine)  # the same declaration again (another process starting): no new build
+        with caplog.at_level(logging.WARNING, logger="semsearch"):
+            NewBase.metadata.create_all(engine)  # the same declaration again (another process starting): no new build
         assert conn.execute("SELECT version FROM semsearch.builds").fetchone() == (2,)
+        assert "create_all" not in caplog.text
 
         wait_for(lambda: conn.execute("SELECT version, build FROM semsearch.status").fetchone() == (2, None),
                  240, "the switch to the new model", worker)
@@ -220,7 +227,11 @@ def test_reindex_refuses_wrong_models_and_keeps_serving(db_url, conn, projected_
                            "give a size with its unit"),
                           (["--model", "/nonexistent/model", "--dimensions", "256"], "no such model folder"),
                           (["--storage", "float8"], "invalid choice"),
-                          (["--modle", projected_model], "usage: semsearch reindex")):
+                          (["--modle", projected_model], "usage: semsearch reindex"),
+                          # The index's overlap is the default 32: a chunk of 16 would advance one token at a time.
+                          (["--chunk-tokens", "16"], "chunk_overlap (32) must be less than chunk_tokens (16)"),
+                          (["--chunk-tokens", "16", "--chunk-overlap", "16"],
+                           "chunk_overlap (16) must be less than chunk_tokens (16)")):
         out = cli(db_url, "reindex", "places_search", *args)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
     with pytest.raises(psycopg.errors.RaiseException, match="give the dimensions of model"):
