@@ -14,6 +14,7 @@ from psycopg.rows import namedtuple_row
 
 from semsearch import Worker
 from semsearch.registry import load_indexes
+from semsearch.worker import WORKER_APPLICATION
 from semsearch.embedder import content_hash
 from semsearch.options import KNOWN_CHUNK_TOKENS
 
@@ -147,7 +148,7 @@ def _holding_batch(conn, worker) -> bool:
     return conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
         "WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND a.application_name = %s)",
-        (f"semsearch pid {worker.pid}",)).fetchone()[0]
+        (f"{WORKER_APPLICATION} pid {worker.pid}",)).fetchone()[0]
 
 
 def test_chaos_kills_and_a_database_restart_lose_nothing(engine, conn, db_url, restart_server):
