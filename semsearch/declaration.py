@@ -25,6 +25,7 @@ from .options import IndexOptions
 
 log = logging.getLogger("semsearch")
 
+
 @dataclass
 class IndexDefinition:
     """An index as DDL sees it: name, table, columns and options (shared by SearchIndex and Alembic)."""
@@ -232,10 +233,10 @@ def _create_or_align(connection: Connection, definition: IndexDefinition) -> Non
     after = connection.execute(_VERSIONS, {"name": definition.name}).first()
     if before is None or before[2:4] == after[2:4]:
         return
-    if before[2] is not None:
+    if after[2] is None:
         log.warning("create_all cancelled the build of version %s (%s) of search index %s: its declaration asks for "
                     "the model it serves, %s", before[2], before[3], definition.name, after[0])
-    if after[2] is not None:
+    else:
         log.warning("create_all started building version %s of search index %s with model %s (%s dimensions), as "
                     "declared; it serves %s until a worker has built it", after[2], definition.name, after[3],
                     after[4], after[0])
