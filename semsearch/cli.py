@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 
 from .errors import SemsearchError, server_message
 from .options import DEFAULT_FUSION, FUSIONS
@@ -256,7 +257,6 @@ def cmd_backfill(args) -> None:
 def cmd_reindex(args) -> None:
     """Change an index's vectors: a new version is built by the workers while the current one serves."""
     import re
-    import time
 
     from .ddl import AlterSearchIndex
     from .options import KNOWN_DIMENSIONS, IndexOptions
@@ -311,7 +311,7 @@ def cmd_reindex(args) -> None:
                   "builds it; `semsearch status` shows how far." + _declaration_reminder(args.index, changes))
         if not args.wait:
             return
-        started, warned = time.monotonic(), False
+        notice = _WithoutWorkerNotice(f"build {args.index}")
         with _progress(0, f"building {args.index}") as bar:
             while True:
                 row = conn.execute("SELECT b.rows_done, b.rows_total, b.phase, b.problem FROM semsearch.builds b "
@@ -325,9 +325,7 @@ def cmd_reindex(args) -> None:
                 bar.total = max(row[1] or 0, row[0])
                 bar.n = row[0]
                 bar.set_postfix_str(row[2])
-                if not warned and time.monotonic() - started > 10 and not _worker_connected(conn):
-                    bar.write(f"no `semsearch worker` is connected to this database: start one to build {args.index}")
-                    warned = True
+                notice.check(conn, bar)
                 time.sleep(1)
         print(f"index {args.index} now serves version {build[0]} ({build[1]})")
 
@@ -339,20 +337,32 @@ def _declaration_reminder(index: str, changes: dict) -> str:
             "run with the old declaration changes the index back.")
 
 
-def _worker_connected(conn) -> bool:
-    from .worker import WORKER_APPLICATION
+class _WithoutWorkerNotice:
+    """For --wait: says once, after a while without progress, that no worker is connected to do the work."""
 
-    found = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
-                         "AND application_name LIKE %s)", (WORKER_APPLICATION + " %",)).fetchone()[0]
-    conn.commit()
-    return found
+    GRACE_SECONDS = 10
+
+    def __init__(self, what: str):
+        self.what = what
+        self.started = time.monotonic()
+        self.said = False
+
+    def check(self, conn, bar) -> None:
+        from .worker import WORKER_APPLICATION
+
+        if self.said or time.monotonic() - self.started < self.GRACE_SECONDS:
+            return
+        connected = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND application_name LIKE %s)", (WORKER_APPLICATION + " %",)).fetchone()[0]
+        conn.commit()
+        if not connected:
+            bar.write(f"no `semsearch worker` is connected to this database: start one to {self.what}")
+            self.said = True
 
 
 def _wait_for_requeued_rows(conn, index: str) -> None:
     """Until a worker has re-embedded the rows a change in place queued again."""
-    import time
-
-    started, warned = time.monotonic(), False
+    notice = _WithoutWorkerNotice(f"re-embed {index}")
     with _progress(0, f"re-embedding {index}") as bar:
         while True:
             pending, backfilling = conn.execute("SELECT pending, backfilling FROM semsearch.status WHERE index_name = %s",
@@ -363,9 +373,7 @@ def _wait_for_requeued_rows(conn, index: str) -> None:
             bar.total = max(bar.total or 0, pending)
             bar.n = bar.total - pending
             bar.refresh()
-            if not warned and time.monotonic() - started > 10 and not _worker_connected(conn):
-                bar.write(f"no `semsearch worker` is connected to this database: start one to re-embed {index}")
-                warned = True
+            notice.check(conn, bar)
             time.sleep(1)
     print(f"index {index}: every queued row is re-embedded")
 

@@ -166,7 +166,7 @@ BEGIN
 END $$;
 
 -- Chunking in range, with errors that say what to do. An overlap as long as the chunk would advance one
--- token per chunk: a chunk per token. (NULL chunk_tokens: the model's window, checked by the worker.)
+-- token per chunk: a chunk per token. (NULL chunk_tokens, the model's window, is not known here.)
 CREATE OR REPLACE FUNCTION semsearch.check_chunking(index_name text, chunk_tokens integer, chunk_overlap integer)
 RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -452,6 +452,8 @@ DECLARE
     col     text;
     new_columns text[];
     new_weights float8[];
+    new_chunks  integer;
+    new_overlap integer;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('semsearch.ddl'));
     old := semsearch.lookup_index(index_name);
@@ -487,16 +489,16 @@ BEGIN
     -- Checked before writing, for errors that say what to do (not the table's CHECK constraints).
     PERFORM semsearch.check_keyword_options(old.name, new_columns, new_weights,
         coalesce((changes ->> 'bm25_k1')::float8, old.bm25_k1), coalesce((changes ->> 'bm25_b')::float8, old.bm25_b));
-    PERFORM semsearch.check_chunking(old.name,
-        CASE WHEN changes ? 'chunk_tokens' THEN (changes ->> 'chunk_tokens')::integer ELSE old.chunk_tokens END,
-        CASE WHEN changes ? 'chunk_overlap' THEN (changes ->> 'chunk_overlap')::integer ELSE old.chunk_overlap END);
+    new_chunks := CASE WHEN changes ? 'chunk_tokens' THEN (changes ->> 'chunk_tokens')::integer ELSE old.chunk_tokens END;
+    new_overlap := CASE WHEN changes ? 'chunk_overlap' THEN (changes ->> 'chunk_overlap')::integer ELSE old.chunk_overlap END;
+    PERFORM semsearch.check_chunking(old.name, new_chunks, new_overlap);
     UPDATE semsearch.indexes i SET
         columns = new_columns::name[],
         column_attnums = CASE WHEN changes ? 'columns' THEN semsearch.column_numbers(i.source, new_columns)
                               ELSE i.column_attnums END,
         ts_config = CASE WHEN changes ? 'ts_config' THEN (changes ->> 'ts_config')::regconfig ELSE i.ts_config END,
-        chunk_tokens = CASE WHEN changes ? 'chunk_tokens' THEN (changes ->> 'chunk_tokens')::integer ELSE i.chunk_tokens END,
-        chunk_overlap = CASE WHEN changes ? 'chunk_overlap' THEN (changes ->> 'chunk_overlap')::integer ELSE i.chunk_overlap END,
+        chunk_tokens = new_chunks,
+        chunk_overlap = new_overlap,
         hnsw_m = CASE WHEN changes ? 'hnsw_m' THEN (changes ->> 'hnsw_m')::integer ELSE i.hnsw_m END,
         hnsw_ef_construction = CASE WHEN changes ? 'hnsw_ef_construction'
                                     THEN (changes ->> 'hnsw_ef_construction')::integer ELSE i.hnsw_ef_construction END,
