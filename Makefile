@@ -20,6 +20,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/semsearch demo
 
 test: $(STAMP)
+	.ci/test-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)

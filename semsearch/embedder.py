@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 
 from .errors import ModelUnavailable
 from .options import DEFAULT_MODEL, KNOWN_DIMENSIONS, check_model_spec
+
+log = logging.getLogger("semsearch.embedder")
 
 CHARS_PER_TOKEN_LIMIT = 16  # no real token is longer; a chunk of n tokens holds at most 16n characters
 
@@ -189,6 +192,7 @@ def get_embedder(name: str = DEFAULT_MODEL) -> Embedder:
     """One loaded copy of each model per process."""
     with _cache_lock:
         if name not in _cache:
+            log.info("loading embedding model %s", name)
             _cache[name] = make_embedder(name)
         return _cache[name]
 

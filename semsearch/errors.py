@@ -20,6 +20,18 @@ class ModelUnavailable(SemsearchError):
 class NotInstalled(SemsearchError):
     """The database has no semsearch schema yet."""
 
+    @classmethod
+    def in_database(cls, database: str | None) -> "NotInstalled":
+        return cls(
+            f"semsearch is not installed in database {database!r}: there is no semsearch schema yet.\n"
+            "Run `semsearch install` (with the same database URL), or create your search indexes with "
+            "Base.metadata.create_all(engine) or an Alembic migration (op.create_search_index)."
+        )
+
+
+class UnknownIndex(SemsearchError):
+    """A search index name that does not exist in the database."""
+
 
 class InvalidQuery(SemsearchError, ValueError):
     """A search argument out of range (limit, candidates, rrf_k, weights, query vector)."""

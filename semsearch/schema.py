@@ -5,11 +5,16 @@ create_all, Alembic operations (online and `--sql`) and `semsearch install`.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import Connection, Engine, create_engine, text
 
 from .database import database_url, pgvector_problem, sqlalchemy_url
 from .ddl import install_steps
 from .errors import NotInstalled, PgvectorMissing
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
 def install(bind: Connection | Engine | None = None) -> None:
@@ -38,7 +43,7 @@ def manages_semsearch(connection: Connection) -> bool:
         "WHERE n.nspname = 'semsearch'), true)")).scalar())
 
 
-async def ainstall(bind) -> None:
+async def ainstall(bind: AsyncEngine | AsyncConnection) -> None:
     """install() for an AsyncEngine or AsyncConnection."""
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -70,12 +75,7 @@ def installed_version(conn) -> str | None:
 def require_installed(conn) -> str:
     version = installed_version(conn)
     if version is None:
-        database = conn.info.dbname
-        raise NotInstalled(
-            f"semsearch is not installed in database {database!r}: there is no semsearch schema yet.\n"
-            "Run `semsearch install` (with the same database URL), or create your search indexes with "
-            "Base.metadata.create_all(engine) or an Alembic migration (op.create_search_index)."
-        )
+        raise NotInstalled.in_database(conn.info.dbname)
     return version
 
 

@@ -28,7 +28,7 @@ from psycopg.rows import namedtuple_row
 from .batches import BatchWriter
 from .database import connect, database_url
 from .embedder import Embedder, get_embedder
-from .errors import DatabaseUnavailable, EmbedderUnavailable, ModelUnavailable, SemsearchError
+from .errors import DatabaseUnavailable, EmbedderUnavailable, ModelUnavailable, SemsearchError, UnknownIndex, server_message
 from .index_models import IndexModels
 from .registry import IndexSpec, IndexUnusable, RegistryChanged, load_indexes
 from .schema import installed_version, require_installed
@@ -62,6 +62,7 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
         max_text_chars: int = 2_000_000,
         build_rows: int = 5000,
         wait_for_database: float = 30.0,
+        require_named_indexes: bool = True,
         embedder_factory: Callable[[str], Embedder] = get_embedder,
         on_progress: Callable[[int], None] | None = None,
         on_queued: Callable[[int], None] | None = None,
@@ -77,9 +78,14 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
         self.max_text_chars = max_text_chars  # longer texts are refused before tokenizing (memory bound)
         self.build_rows = build_rows  # most rows per step of a new version's build (see semsearch.versions)
         self.wait_for_database = wait_for_database
+        # A name in `indexes` that this database lacks is an error (a typo), unless another database
+        # served by the same process has it (semsearch.service).
+        self.require_named_indexes = require_named_indexes
         self.embedder_factory = embedder_factory
         self.on_progress = on_progress  # called with the number of keys each batch settled
-        self.on_queued = on_queued  # called with the number of keys each backfill step queued
+        self.on_queued = on_queued  # called with the keys queued when it starts, then with each backfill step's
+        self._counted_queue = False
+        self._count_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Condition()
         self._generation = 0
@@ -100,6 +106,11 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
         """Finish the batches in hand, then return from run()."""
         self._stop.set()
         self._notify()
+
+    def reset(self) -> None:
+        """Make a worker that stopped on an error ready to run again (semsearch.service retries a database)."""
+        self._stop.clear()
+        self._errors.clear()
 
     def run(self, drain: bool = False) -> None:
         threads = [threading.Thread(target=self._lane, args=(drain,), name=f"semsearch-lane-{i}", daemon=True)
@@ -222,6 +233,8 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
                 indexes = load_indexes(conn, self.index_names)
                 conn.commit()
                 if not announced:
+                    self._check_named_indexes(conn, indexes)
+                    self._count_queue(conn, indexes)
                     log.info("worker serving %s in database %s", ", ".join(ix.name for ix in indexes) or
                              "no index yet (it picks new ones up as they are created)", conn.info.dbname)
                     announced = True
@@ -313,6 +326,31 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
             else:
                 self._sleep(min(next_due, self.poll_interval) if pending else self.poll_interval, seen)
         return False
+
+    def _check_named_indexes(self, conn: psycopg.Connection, indexes: list[IndexSpec]) -> None:
+        """A misspelled --index would otherwise wait for work that never comes: fail with the error
+        semsearch.lookup_index gives (what exists is in `semsearch status`)."""
+        if not self.require_named_indexes:
+            return
+        for name in sorted(set(self.index_names or ()) - {ix.name for ix in indexes}):
+            try:
+                conn.execute("SELECT semsearch.lookup_index(%s)", (name,))
+            except psycopg.errors.RaiseException as exc:
+                conn.rollback()
+                raise UnknownIndex(server_message(exc)) from None
+            conn.rollback()  # created since the registry was read: it is served from the next read
+
+    def _count_queue(self, conn: psycopg.Connection, indexes: list[IndexSpec]) -> None:
+        """Tell on_queued, once per worker, how many rows wait in the queue as it starts."""
+        with self._count_lock:
+            if self.on_queued is None or self._counted_queue:
+                return
+            self._counted_queue = True
+            count = conn.execute("SELECT count(DISTINCT (q.index_id, k)) FROM semsearch.queue q, unnest(q.keys) k "
+                                 "WHERE q.index_id = ANY(%s)", ([ix.id for ix in indexes],)).fetchone()[0]
+            conn.commit()
+        if count:
+            self.on_queued(count)
 
     def _check_indexes(self, conn: psycopg.Connection, indexes: list[IndexSpec]) -> None:
         """Follow schema changes (semsearch.refresh_index) and make sure semsearch can read every row of
