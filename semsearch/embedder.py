@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -84,12 +84,29 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+@contextmanager
+def _weight_loading_bar_hidden() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar off while a model loads. The switch is the whole
+    process's (it also covers huggingface_hub's bars), so it is put back as it was."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        yield
+        return
+    if not transformers_logging.is_progress_bar_enabled():
+        yield
+        return
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.enable_progress_bar()
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model; chunks by the model's own tokenizer so nothing is truncated."""
 
     def __init__(self, name: str = DEFAULT_MODEL, device: str | None = None):
-        if name in KNOWN_DIMENSIONS:  # bundled model: never reach for a model hub
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
@@ -98,13 +115,11 @@ class SentenceTransformerEmbedder:
             ) from exc
         path = resolve_model_path(name)
         try:
-            from transformers.utils import logging as transformers_logging
-
-            transformers_logging.disable_progress_bar()
-        except ImportError:
-            pass
-        try:
-            self.model = SentenceTransformer(path, device=device or "cpu")
+            with _weight_loading_bar_hidden():
+                # The default model loads from its package's folder (or the hub's copy in the local cache),
+                # never from the network.
+                self.model = SentenceTransformer(path, device=device or "cpu",
+                                                 local_files_only=name in KNOWN_DIMENSIONS)
         except Exception as exc:
             raise ModelUnavailable(
                 f"cannot load embedding model {name!r} (from {path}): {exc}\n"

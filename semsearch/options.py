@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from .errors import SemsearchError
 
@@ -74,7 +75,7 @@ class IndexOptions:
     bm25_b: float = 0.4
     storage: str = "vector"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.storage not in STORAGES:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
         if self.distance not in DISTANCES:
@@ -125,7 +126,7 @@ class IndexOptions:
         if not any(weights.get(c, 1.0) for c in columns):
             raise ValueError("weights cannot all be 0: the keyword arm would find nothing")
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "weights": dict(self.weights) if self.weights else None}
 
 
@@ -164,7 +165,7 @@ SCAN_MEM_MULTIPLIER = 10       # ... and the memory it may use for that, in mult
 DDL_LOCK_TIMEOUT = "5s"        # longest wait for a lock on an application table
 
 
-def sql_defaults() -> dict:
+def sql_defaults() -> dict[str, Any]:
     """The values the SQL files' {{placeholders}} stand for."""
     import json
 

@@ -13,27 +13,33 @@ import logging
 import math
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
+from typing import cast as type_cast
 
 import numpy as np
 import psycopg
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import Engine, Float, Integer, Select, Text, and_, cast, column, event, func, literal, select
+from sqlalchemy import Connection, Engine, Float, Integer, Select, Text, and_, cast, column, event, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
+from typing_extensions import Unpack
 
 from .embedder import encode_queries, get_embedder
-from .errors import EmbedderUnavailable, InvalidQuery
+from .errors import EmbedderUnavailable, InvalidQuery, NotInstalled
 from .options import (DEFAULT_FUSION, DEFAULT_KEYWORD_CANDIDATES, DEFAULT_SEMANTIC_CANDIDATES, DEFAULT_KEYWORD_WEIGHT, DEFAULT_RRF_K, DEFAULT_SEMANTIC_WEIGHT,
                       FUSIONS, KEYWORD_SYNTAXES, MAX_QUERY_CHARS, MAX_RESULTS)
 
 if TYPE_CHECKING:
-    from .declaration import SearchIndex
+    import numpy.typing as npt
+    from sqlalchemy import ColumnElement, ColumnExpressionArgument, TableValuedAlias
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from .declaration import ModelT, SearchIndex
 
 log = logging.getLogger("semsearch")
 
 
-def clean_query(query: str) -> str:
+def clean_query(query: str | None) -> str:
     """The rule for query text: NUL characters are removed, lone surrogates become U+FFFD, and text
     beyond MAX_QUERY_CHARS characters is cut off."""
     if query is None:
@@ -49,9 +55,23 @@ _serving: dict[str, tuple[str, int | None, float]] = {}  # index name -> (model,
 
 
 @event.listens_for(Engine, "engine_connect")
-def _remember_engine(connection) -> None:
+def _remember_engine(connection: Connection) -> None:
     """The engines of this process, to ask which model an index serves (see serving_model)."""
     _engines.add(connection.engine)
+
+
+# What a search reports on a database without semsearch (and maybe without pgvector): the type, or the schema.
+_NOT_INSTALLED_ERRORS = {"42704": 'type "vector" does not exist', "3F000": 'schema "semsearch" does not exist'}
+
+
+@event.listens_for(Engine, "handle_error")
+def _explain_not_installed(context) -> None:
+    """A search on a database where semsearch is not installed says what to run, not that a type is missing."""
+    error = context.original_exception
+    state = getattr(error, "sqlstate", None)
+    if (state in _NOT_INSTALLED_ERRORS and _NOT_INSTALLED_ERRORS[state] in str(error)
+            and "semsearch." in (context.statement or "")):
+        raise NotInstalled.in_database(context.engine.url.database if context.engine else None) from error
 
 
 def _read_serving(engine: Engine, name: str) -> tuple[str, int]:
@@ -64,7 +84,7 @@ def _read_serving(engine: Engine, name: str) -> tuple[str, int]:
         return tuple(conn.exec_driver_sql(query, {"name": name}).one())
 
 
-def serving_model(index: "SearchIndex") -> tuple[str, int | None]:
+def serving_model(index: SearchIndex[Any]) -> tuple[str, int | None]:
     """The model (and dimensions) of the index's current version, as its database says: queries are
     embedded with it, so they keep working while a new model is built and right after the switch.
     Read from an engine of this process every SERVING_MODEL_SECONDS; the declared model until one answers."""
@@ -85,23 +105,24 @@ def serving_model(index: "SearchIndex") -> tuple[str, int | None]:
     return model, dimensions
 
 
-def embed_query(index: "SearchIndex", query: str):
+def embed_query(index: SearchIndex[Any], query: str) -> npt.NDArray[np.float32]:
     """The query's embedding by the model the index serves (loads the model on first use)."""
     return embed_for_search(index, query)[1]
 
 
-def embed_for_search(index: "SearchIndex", query: str):
+def embed_for_search(index: SearchIndex[Any], query: str | None) -> tuple[str, npt.NDArray[np.float32]]:
     """(model, embedding): the model is passed to the search functions with the vector it made."""
     model = serving_model(index)[0]
-    return model, encode_queries(get_embedder(model), [clean_query(query)])[0]
+    embedding: npt.NDArray[np.float32] = encode_queries(get_embedder(model), [clean_query(query)])[0]
+    return model, embedding
 
 
-async def embed_for_search_async(index: "SearchIndex", query: str):
+async def embed_for_search_async(index: SearchIndex[Any], query: str | None) -> tuple[str, npt.NDArray[np.float32]]:
     """embed_for_search in a worker thread: the event loop keeps serving while the model runs."""
     return await asyncio.to_thread(embed_for_search, index, query)
 
 
-def _vector_param(index: "SearchIndex", vector, embedded: bool = False):
+def _vector_param(index: SearchIndex[Any], vector: npt.ArrayLike, embedded: bool = False) -> ColumnElement[Any]:
     """The query vector as a bound parameter, checked with numpy (it is on the path of every query).
     A caller's vector must fit the model the index serves; one we embedded fits its own model."""
     values = np.asarray(vector, dtype=np.float32).ravel()
@@ -134,11 +155,11 @@ def _syntax(syntax: str) -> str:
     return syntax
 
 
-def _is_int(value) -> bool:
+def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _fusion(fusion, rrf_k, semantic_weight, keyword_weight) -> None:
+def _fusion(fusion: str, rrf_k: int, semantic_weight: float, keyword_weight: float) -> None:
     if fusion not in FUSIONS:
         raise InvalidQuery(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
     if not _is_int(rrf_k) or not 1 <= rrf_k <= 1_000_000:
@@ -151,7 +172,8 @@ def _fusion(fusion, rrf_k, semantic_weight, keyword_weight) -> None:
         raise InvalidQuery("semantic_weight and keyword_weight cannot both be 0")
 
 
-def filter_keys(index: "SearchIndex", condition):
+def filter_keys(index: SearchIndex[Any],
+                condition: ColumnExpressionArgument[bool] | None) -> ColumnElement[Any] | None:
     """ARRAY(SELECT <key text> FROM <table> WHERE condition): the keys the search functions may return.
     The key text is the one semsearch stores (sql/keys.sql): a single column's value as JSON text without
     quotes (its plain text for integers, text and uuid), a composite key's JSON array."""
@@ -163,7 +185,8 @@ def filter_keys(index: "SearchIndex", condition):
     return func.array(select(key).select_from(index.table).where(condition).correlate(None).scalar_subquery())
 
 
-def _rank(index: "SearchIndex", results, limit: int, *extra) -> Select:
+def _rank(index: SearchIndex[ModelT], results: TableValuedAlias, limit: int,
+          *extra: ColumnElement[Any]) -> Select[ModelT, float, Unpack[tuple[Any, ...]]]:
     """Join the function's keys to the model's rows (any primary key: see sql/keys.sql)."""
     keys = list(index.table.primary_key.columns)
     if len(keys) == 1:
@@ -172,7 +195,7 @@ def _rank(index: "SearchIndex", results, limit: int, *extra) -> Select:
         values = cast(results.c.key, JSONB)
         match = and_(*(key == cast(values[i].astext, key.type) for i, key in enumerate(keys)))
     return (
-        select(index.model_class, results.c.score.label("score"), *extra)
+        select(type_cast("type[ModelT]", index.model_class), results.c.score.label("score"), *extra)
         .join(results, match)
         # Ties as the search functions cut them: key text, shorter first (numeric order for integer keys).
         .order_by(results.c.score.desc(), func.length(results.c.key), results.c.key)
@@ -183,8 +206,9 @@ def _rank(index: "SearchIndex", results, limit: int, *extra) -> Select:
 _ARM_COLUMNS = (column("key", Text), column("score", Float), column("rank", Integer))
 
 
-def semantic(index: "SearchIndex", query: str | None = None, *, vector=None, limit: int = 10,
-             candidates: int | None = None, filter=None, query_model: str | None = None) -> Select:
+def semantic(index: SearchIndex[ModelT], query: str | None = None, *, vector: npt.ArrayLike | None = None,
+             limit: int = 10, candidates: int | None = None, filter: ColumnExpressionArgument[bool] | None = None,
+             query_model: str | None = None) -> Select[ModelT, float]:
     """query_model: the model that made `vector` (None for a caller's vector: the index's, or the one
     it served just before a switch, by its dimensions)."""
     window = _window(limit, candidates)
@@ -197,19 +221,34 @@ def semantic(index: "SearchIndex", query: str | None = None, *, vector=None, lim
     return _rank(index, results, limit)
 
 
-def keyword(index: "SearchIndex", query: str, *, limit: int = 10, candidates: int | None = None,
-            syntax: str = "or", filter=None) -> Select:
+def keyword(index: SearchIndex[ModelT], query: str, *, limit: int = 10, candidates: int | None = None,
+            syntax: str = "or", filter: ColumnExpressionArgument[bool] | None = None) -> Select[ModelT, float]:
     results = func.semsearch.keyword_search(
         index.name, clean_query(query), _window(limit, candidates), _syntax(syntax), filter_keys(index, filter)
     ).table_valued(*_ARM_COLUMNS)
     return _rank(index, results, limit)
 
 
-def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, candidates: int | None = None,
-           semantic_candidates: int | None = None, keyword_candidates: int | None = None,
-           fusion: str = DEFAULT_FUSION, rrf_k: int = DEFAULT_RRF_K, semantic_weight: float = DEFAULT_SEMANTIC_WEIGHT,
-           keyword_weight: float = DEFAULT_KEYWORD_WEIGHT, keyword_syntax: str = "or", filter=None,
-           arm_scores: bool = False, query_model: str | None = None) -> Select:
+class HybridOptions(TypedDict, total=False):
+    """hybrid()'s ranking options, as SearchIndex.hybrid and ahybrid pass them on (for type checkers)."""
+
+    candidates: int | None
+    semantic_candidates: int | None
+    keyword_candidates: int | None
+    fusion: str
+    rrf_k: int
+    semantic_weight: float
+    keyword_weight: float
+    keyword_syntax: str
+    filter: ColumnExpressionArgument[bool] | None
+
+
+def hybrid(index: SearchIndex[ModelT], query: str, *, vector: npt.ArrayLike | None = None, limit: int = 10,
+           candidates: int | None = None, semantic_candidates: int | None = None,
+           keyword_candidates: int | None = None, fusion: str = DEFAULT_FUSION, rrf_k: int = DEFAULT_RRF_K,
+           semantic_weight: float = DEFAULT_SEMANTIC_WEIGHT, keyword_weight: float = DEFAULT_KEYWORD_WEIGHT,
+           keyword_syntax: str = "or", filter: ColumnExpressionArgument[bool] | None = None,
+           arm_scores: bool = False, query_model: str | None = None) -> Select[ModelT, float, Unpack[tuple[Any, ...]]]:
     """arm_scores=True adds each arm's rank and score to every row (semantic_rank, semantic_score,
     keyword_rank, keyword_score), to tune weights with. A rank is None where the row was not among that
     arm's own candidates (rows that score the same share a rank); with the score fusions each arm still
@@ -234,7 +273,7 @@ def hybrid(index: "SearchIndex", query: str, *, vector=None, limit: int = 10, ca
     return _rank(index, results, limit, *extra)
 
 
-def preload(*engines_or_models) -> None:
+def preload(*engines_or_models: Engine | AsyncEngine | str) -> None:
     """Load the models queries will embed with now, and run one warm-up encode, so the first query of
     a process waits for neither. Call it at application start-up with your engine (sync or async):
     each declared SearchIndex's model is then the one its database serves (during a model switch, not
@@ -244,7 +283,7 @@ def preload(*engines_or_models) -> None:
     from .options import DEFAULT_MODEL
 
     models = [m for m in engines_or_models if isinstance(m, str)]
-    engines = [getattr(e, "sync_engine", e) for e in engines_or_models if not isinstance(e, str)]
+    engines = [e if isinstance(e, Engine) else e.sync_engine for e in engines_or_models if not isinstance(e, str)]
     for engine in engines:
         _engines.add(engine)
     if engines:
@@ -259,6 +298,6 @@ def preload(*engines_or_models) -> None:
                         "(keyword search needs no model)", exc)
 
 
-async def apreload(*engines_or_models) -> None:
+async def apreload(*engines_or_models: Engine | AsyncEngine | str) -> None:
     """preload() in a worker thread, for an async application's start-up (e.g. FastAPI's lifespan)."""
     await asyncio.to_thread(preload, *engines_or_models)
