@@ -19,7 +19,7 @@ import psycopg
 
 from .database import connect, redact
 from .errors import SemsearchError, server_message
-from .worker import Worker
+from .worker import Worker, run_threads
 
 log = logging.getLogger("semsearch.worker")
 
@@ -88,9 +88,9 @@ def run_workers(workers: list[Worker], *, drain: bool, show_progress: bool) -> O
         for worker in workers:
             worker.stop()
 
+    previous = {}  # the handlers to put back when the run ends (the demo, an application's own script)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def serve(worker: Worker) -> None:
         label = database_label(worker.url)
@@ -110,13 +110,11 @@ def run_workers(workers: list[Worker], *, drain: bool, show_progress: bool) -> O
 
     threads = [threading.Thread(target=serve, args=(w,), name=f"semsearch-db-{i}", daemon=True)
                for i, w in enumerate(workers)]
-    for t in threads:
-        t.start()
     try:
-        for t in threads:
-            while t.is_alive():  # short timeouts keep the main thread responsive to signals
-                t.join(0.05)
+        run_threads(threads)
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if bar is not None:
             bar.close()
     return outcome

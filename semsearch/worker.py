@@ -45,6 +45,15 @@ TRANSIENT_SERVER_STATES = ("the database system is starting up", "the database s
                            "the database system is in recovery mode", "the database system is not yet accepting")
 
 
+def run_threads(threads: list[threading.Thread]) -> None:
+    """Start the threads and wait for them in short joins, so that the main thread still takes signals."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.02)
+
+
 class Worker(BatchWriter, IndexModels, VersionBuilder):
     """Embeds queued rows until stopped (or, with drain=True, until the queue is empty)."""
 
@@ -117,12 +126,8 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
                    for i in range(self.lanes)]
         listener = threading.Thread(target=self._listen, name="semsearch-listen", daemon=True)
         listener.start()
-        for t in threads:
-            t.start()
         try:
-            for t in threads:
-                while t.is_alive():  # short timeouts keep the main thread responsive to signals
-                    t.join(0.02)
+            run_threads(threads)
         finally:
             self.stop()  # the listener (a daemon thread) sees it within 0.1 s and closes its connection
         if self._errors:

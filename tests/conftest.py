@@ -76,6 +76,17 @@ def db_url(server_url):
 
 
 @pytest.fixture
+def second_db_url(server_url):
+    """Another fresh database on the same server (a Flask-SQLAlchemy bind, a second tenant database)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield _with_database(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def engine(db_url):
     engine = create_engine(sqlalchemy_url(db_url))
     yield engine

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import psycopg
 import pytest
@@ -14,30 +13,19 @@ from psycopg import sql
 from semsearch import SearchIndex
 from semsearch.database import sqlalchemy_url
 
-from .conftest import _with_database
 
 CLI = [sys.executable, "-m", "semsearch.cli"]
 
 
 @pytest.fixture
-def bind_url(server_url):
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield _with_database(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as c:
-        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def flask_app(db_url, bind_url):
+def flask_app(db_url, second_db_url):
     """An app whose Note lives in the default database and whose Archived lives in the "archive" bind."""
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
 
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = sqlalchemy_url(db_url)
-    app.config["SQLALCHEMY_BINDS"] = {"archive": sqlalchemy_url(bind_url)}
+    app.config["SQLALCHEMY_BINDS"] = {"archive": sqlalchemy_url(second_db_url)}
     db = SQLAlchemy(app)
 
     class Note(db.Model):
@@ -70,34 +58,34 @@ def _embedded(url: str, index: str) -> tuple[int, object, object]:
                             .format(sql.Identifier(f"store_{index}"))).fetchone()
 
 
-def test_one_worker_process_indexes_the_default_database_and_the_bind(flask_app, db_url, bind_url):
+def test_one_worker_process_indexes_the_default_database_and_the_bind(flask_app, db_url, second_db_url):
     app, db, Note, Archived = flask_app
-    out = subprocess.run(CLI + ["worker", "--drain", "--batch-size", "16", "--url", db_url, "--url", bind_url],
+    out = subprocess.run(CLI + ["worker", "--drain", "--batch-size", "16", "--url", db_url, "--url", second_db_url],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("loading embedding model all-MiniLM-L6-v2") == 1, out.stderr  # one model load
-    notes, bind = _embedded(db_url, "note_search"), _embedded(bind_url, "archived_search")
+    notes, bind = _embedded(db_url, "note_search"), _embedded(second_db_url, "archived_search")
     assert notes[0] == bind[0] == 300
     assert notes[1] < bind[2] and bind[1] < notes[2], "one database waited for the other's whole queue"
     with app.app_context():
         assert "tide pools" in db.session.execute(Note.search.hybrid("crabs in rock pools", limit=1)).one()[0].text
         assert "tide pools" in db.session.execute(Archived.search.hybrid("crabs in rock pools", limit=1)).one()[0].text
 
-    status = subprocess.run(CLI + ["status", "--url", db_url, "--url", bind_url], capture_output=True, text=True,
+    status = subprocess.run(CLI + ["status", "--url", db_url, "--url", second_db_url], capture_output=True, text=True,
                             timeout=120)
     assert status.returncode == 0, status.stderr
     assert "note_search" in status.stdout and "archived_search" in status.stdout
     assert status.stdout.count("database postgresql://") == 2
 
 
-def test_a_database_that_is_down_stops_none_of_the_others(flask_app, db_url, bind_url, tmp_path):
+def test_a_database_that_is_down_stops_none_of_the_others(flask_app, db_url, second_db_url, tmp_path):
     down = f"postgresql://nobody@/nowhere?host={tmp_path}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEMSEARCH_DATABASE_URLS": f"{db_url} {down} {bind_url}"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEMSEARCH_DATABASE_URLS": f"{db_url} {down} {second_db_url}"}
     drained = subprocess.run(CLI + ["worker", "--drain", "--wait-for-database", "1"], capture_output=True, text=True,
                              timeout=600, env=env)
     assert drained.returncode == 2, drained.stderr
     assert "(database postgresql://nobody@/nowhere" in drained.stderr and "cannot connect" in drained.stderr
-    assert _embedded(db_url, "note_search")[0] == _embedded(bind_url, "archived_search")[0] == 300
+    assert _embedded(db_url, "note_search")[0] == _embedded(second_db_url, "archived_search")[0] == 300
 
     status = subprocess.run(CLI + ["status"], capture_output=True, text=True, timeout=120, env=env)
     assert status.returncode == 2
@@ -115,7 +103,7 @@ def test_a_database_that_is_down_stops_none_of_the_others(flask_app, db_url, bin
             db.session.add(Archived(id=1000, text="an archived note about volcanoes"))
             db.session.commit()
         deadline = time.monotonic() + 60
-        while (_embedded(db_url, "note_search")[0], _embedded(bind_url, "archived_search")[0]) != (301, 301):
+        while (_embedded(db_url, "note_search")[0], _embedded(second_db_url, "archived_search")[0]) != (301, 301):
             assert worker.poll() is None and time.monotonic() < deadline, worker.stderr.read()
             time.sleep(0.3)
         worker.send_signal(signal.SIGTERM)

@@ -1,16 +1,12 @@
 """ORM flavours users bring: SQLModel table models and Flask-SQLAlchemy models bound with __bind_key__."""
-import uuid
 from typing import ClassVar
 
 import psycopg
-import pytest
-from psycopg import sql
 from sqlalchemy import create_engine
 
 from semsearch import SearchIndex
 from semsearch.database import sqlalchemy_url
 
-from .conftest import _with_database
 from .helpers import drain, store_rows
 
 
@@ -39,16 +35,6 @@ def test_sqlmodel_table_model(db_url, conn, fake_embedder):
         assert [(r[0].title, r[1] > 0) for r in rows] == [("Pancakes", True)]
         assert session.exec(select(Recipe).where(Recipe.title == "Salad")).one().steps.startswith("Wash")
     engine.dispose()
-
-
-@pytest.fixture
-def second_db_url(server_url):
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield _with_database(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as c:
-        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_flask_sqlalchemy_model_with_bind_key(db_url, second_db_url, fake_embedder):
