@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from .errors import SemsearchError, server_message
+from .errors import SemsearchError, UnknownIndex, server_message
 from .options import DEFAULT_FUSION, FUSIONS
 
 
@@ -362,16 +362,20 @@ def _declaration_reminder(index: str, changes: dict) -> str:
 
 
 class _WithoutWorkerNotice:
-    """For --wait: says once that no worker is connected, so nothing happens until one runs."""
+    """For --wait: says once that no worker is connected, so nothing happens until one runs (after a
+    moment's grace, for a worker that is starting beside it)."""
+
+    GRACE_SECONDS = 2
 
     def __init__(self, what: str):
         self.what = what
+        self.started = time.monotonic()
         self.said = False
 
     def check(self, conn, bar) -> None:
         from .worker import WORKER_APPLICATION
 
-        if self.said:
+        if self.said or time.monotonic() - self.started < self.GRACE_SECONDS:
             return
         connected = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
                                  "AND application_name LIKE %s)", (WORKER_APPLICATION + " %",)).fetchone()[0]
@@ -413,17 +417,29 @@ def _wait_for_requeued_rows(conn, index: str, deadline: _Deadline) -> int | None
             bar.n = bar.total - pending
             bar.refresh()
             notice.check(conn, bar)
-            if deadline.passed(bar, f"{pending} rows of {index} still wait to be re-embedded by a worker"):
+            waiting = (f"{pending} rows of {index} still wait to be re-embedded" if pending else
+                       f"the rows of {index} wait for a worker to queue and re-embed them")
+            if deadline.passed(bar, f"{waiting} (a running `semsearch worker` does it; `semsearch status` shows how far)"):
                 return 1
             time.sleep(1)
     print(f"index {index}: every queued row is re-embedded")
     return None
 
 
+def _lookup_index(conn, name: str) -> None:
+    """A misspelled index name: the message semsearch.lookup_index gives, as a usage error."""
+    import psycopg
+
+    try:
+        conn.execute("SELECT semsearch.lookup_index(%s)", (name,))
+    except psycopg.errors.RaiseException as exc:
+        raise UnknownIndex(server_message(exc)) from None
+
+
 def cmd_retry_failed(args) -> None:
     with _connect_installed(args) as conn:
         if args.index is not None:
-            conn.execute("SELECT semsearch.lookup_index(%s)", (args.index,))  # a typo says so, as search does
+            _lookup_index(conn, args.index)
         n = conn.execute(
             """WITH moved AS (
                    DELETE FROM semsearch.failures f USING semsearch.indexes i
@@ -469,6 +485,15 @@ def cmd_server(args) -> None:
         signal.signal(signum, lambda *_: stopped.set())
     while not stopped.wait(1):
         pass
+
+
+def _result_count(value: str) -> int:
+    """--limit: what the search functions accept, checked before anything runs."""
+    from .options import MAX_RESULTS
+
+    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_RESULTS:
+        raise argparse.ArgumentTypeError(f"give a whole number from 1 to {MAX_RESULTS}, not {value!r}")
+    return int(value)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -530,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", help="the query text")
     p.add_argument("--mode", choices=["hybrid", "semantic", "keyword"], default="hybrid",
                    help="keyword + semantic fused, embeddings only, or BM25 only")
-    p.add_argument("--limit", type=int, default=10, metavar="N", help="how many rows to show")
+    p.add_argument("--limit", type=_result_count, default=10, metavar="N", help="how many rows to show (1 to 10000)")
     p.add_argument("--syntax", choices=["or", "websearch", "phrase", "prefix"], default="or",
                    help="keyword query syntax: or (natural language), websearch (\"quoted\", OR, -excluded), "
                         "phrase, prefix")

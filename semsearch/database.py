@@ -94,12 +94,11 @@ def connect(url: str | None = None, **kwargs) -> psycopg.Connection:
     kwargs.setdefault("application_name", f"semsearch pid {os.getpid()}")  # who is who in pg_stat_activity
     try:
         return psycopg.connect(url, **kwargs)
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:  # (a URL libpq cannot read)
         raise DatabaseUnavailable(
             f"cannot connect to {redact(url)}: {str(exc).strip()}\n"
-            "Check that the server is running and the URL is right "
-            "(set SEMSEARCH_DATABASE_URL, e.g. postgresql://user:password@host:5432/dbname), "
-            "or unset it to use the embedded server."
+            "Check that the server is running and the URL is right (--url, or SEMSEARCH_DATABASE_URL; e.g. "
+            "postgresql://user:password@host:5432/dbname), or leave both out to use the embedded server."
         ) from exc
 
 

@@ -96,7 +96,7 @@ def run_demo(url: str, limit: int = 3000) -> int:
             session.execute(stmt.on_conflict_do_update(
                 index_elements=[Doc.id], set_={"name": stmt.excluded.name, "kind": stmt.excluded.kind,
                                                "doc": stmt.excluded.doc}))
-        session.execute(Doc.__table__.delete().where(Doc.id > len(docs)))
+        removed = session.execute(Doc.__table__.delete().where(Doc.id > len(docs))).rowcount
         session.commit()
         print(f"{len(docs)} docstrings from the standard library in {Doc.__tablename__}")
 
@@ -105,9 +105,11 @@ def run_demo(url: str, limit: int = 3000) -> int:
     if outcome.errors or outcome.signal:
         report(outcome, several=False)
         return outcome.exit_status
-    if outcome.settled:
-        print(f"embedded and keyword-indexed {outcome.settled} new or changed documents "
-              f"in {time.monotonic() - embed_started:.1f}s")
+    changed = max(outcome.settled - removed, 0)  # the worker settles each removed row too
+    done = ([f"embedded and keyword-indexed {changed} new or changed documents"] if changed else []) + \
+        ([f"removed {removed} documents from the index"] if removed else [])
+    if done:
+        print(f"{' and '.join(done)} in {time.monotonic() - embed_started:.1f}s")
     else:
         print("nothing to embed: every document is unchanged since the last run, and its vectors are reused")
 

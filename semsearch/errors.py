@@ -24,8 +24,8 @@ class NotInstalled(SemsearchError):
     def in_database(cls, database: str | None) -> "NotInstalled":
         return cls(
             f"semsearch is not installed in database {database!r}: there is no semsearch schema yet.\n"
-            "Run `semsearch install` (with the same database URL), or create your search indexes with "
-            "Base.metadata.create_all(engine) or an Alembic migration (op.create_search_index)."
+            "Create your search indexes with Base.metadata.create_all(engine) or an Alembic migration "
+            "(op.create_search_index): either installs semsearch too (`semsearch install` installs the schema alone)."
         )
 
 

@@ -63,17 +63,23 @@ def run_workers(workers: list[Worker], *, drain: bool, show_progress: bool) -> O
     outcome = Outcome()
     lock = threading.Lock()  # workers and their lanes report from their own threads
     stopping = threading.Event()
-    bar = progress_bar(0, "processing") if show_progress else None
+    bar = None  # made when there is work to show: a run that fails at once prints no empty bar
+
+    def shown() -> Any:
+        nonlocal bar
+        if bar is None and show_progress:
+            bar = progress_bar(0, "processing")
+        return bar
 
     def settled(n: int) -> None:
         with lock:
             outcome.settled += n
-            if bar is not None:
+            if shown() is not None:
                 bar.update(n)
 
     def queued(n: int) -> None:  # rows waiting at the start, and rows a backfill queues while we run
-        if bar is not None:
-            with lock:
+        with lock:
+            if shown() is not None:
                 bar.total += n
                 bar.refresh()
 

@@ -149,12 +149,12 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
 
     def _listen(self) -> None:
         """Turn NOTIFYs from the triggers into wake-ups; polling covers any gap."""
-        backoff = 0.5
+        backoff, listened = 0.5, False
         while not self._stop.is_set():
             try:
                 with connect(self.url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    backoff = 0.5
+                    backoff, listened = 0.5, True
                     self._notify()  # anything queued while we were not listening
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=0.1, stop_after=1):
@@ -162,7 +162,9 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
             except Exception as exc:  # the lanes report real errors; here we only retry
                 if self._stop.is_set():
                     return
-                log.warning("listener lost its connection (%s); reconnecting in %.1fs", exc, backoff)
+                # A database not reached yet is the lanes' to report; a lost connection is news.
+                (log.warning if listened else log.debug)("listener lost its connection (%s); reconnecting in %.1fs",
+                                                         exc, backoff)
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 30)
 

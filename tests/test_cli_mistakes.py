@@ -34,7 +34,8 @@ def test_a_misspelled_index_exits_2_with_the_message_search_gives(engine, db_url
     search = semsearch("search", "typo", "anything", "--url", db_url)
     out = semsearch(*command, "--url", db_url, timeout=60)
     assert search.returncode == out.returncode == 2, out.stderr
-    assert UNKNOWN in search.stderr and UNKNOWN in out.stderr
+    assert out.stderr.startswith(f"semsearch: error: {UNKNOWN}")
+    assert UNKNOWN in search.stderr
     assert "semsearch status" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -97,18 +98,21 @@ def test_reindex_wait_without_a_worker_says_so_and_times_out(engine, db_url):
     Base.metadata.create_all(engine)
     _insert_articles(engine, 5)
     started = time.monotonic()
-    out = semsearch("reindex", "articles_search", "--chunk-tokens", "64", "--timeout", "3", "--url", db_url)
+    out = semsearch("reindex", "articles_search", "--chunk-tokens", "64", "--timeout", "5", "--url", db_url)
     assert out.returncode == 1, out.stderr
     assert time.monotonic() - started < 60
     assert out.stderr.count("no `semsearch worker` is connected") == 1
-    assert "nothing happens until one runs" in out.stderr and "timed out after 3s" in out.stderr
+    assert "nothing happens until one runs" in out.stderr and "timed out after 5s" in out.stderr
+    assert re.search(r"(5 rows of|the rows of) articles_search (still )?wait", out.stderr), out.stderr
 
 
 def test_install_with_a_bad_url_gives_the_hint(tmp_path):
     out = semsearch("install", "--url", f"postgresql://nobody@/nowhere?host={tmp_path}")
     assert out.returncode == 2
     assert "Check that the server is running and the URL is right" in out.stderr
-    assert "unset it" in out.stderr and "Traceback" not in out.stderr
+    assert "leave both out" in out.stderr and "Traceback" not in out.stderr
+    unreadable = semsearch("install", "--url", "notaurl")
+    assert unreadable.returncode == 2 and "Check that the server is running" in unreadable.stderr
 
 
 def test_an_orm_search_where_semsearch_is_not_installed_says_what_to_run(db_url):
@@ -116,7 +120,7 @@ def test_an_orm_search_where_semsearch_is_not_installed_says_what_to_run(db_url)
     Article.__table__.create(plain)  # the application's own migration, without semsearch's operations
     with Session(plain) as session:
         for query in (Article.search.keyword("protein"), Article.search.hybrid("protein", vector=[0.1] * 384)):
-            with pytest.raises(NotInstalled, match="(?s)not installed in database .*semsearch install.*create_all"):
+            with pytest.raises(NotInstalled, match="(?s)not installed in database .*create_all.*semsearch install"):
                 session.execute(query).all()
             session.rollback()
     plain.dispose()
@@ -158,3 +162,10 @@ def test_demo_reports_what_it_did_on_a_second_run(db_url):
     assert second.returncode == 0, second.stderr
     assert "nothing to embed: every document is unchanged" in second.stdout
     assert "embedded and keyword-indexed" not in second.stdout
+    fewer = semsearch("demo", "--limit", "30", "--url", db_url, timeout=300)
+    assert "removed 10 documents from the index in" in fewer.stdout and "keyword-indexed" not in fewer.stdout
+
+
+def test_search_limit_out_of_range_is_a_usage_error(db_url):
+    out = semsearch("search", "articles_search", "anything", "--limit", "0", "--url", db_url)
+    assert out.returncode == 2 and "--limit: give a whole number from 1 to 10000, not '0'" in out.stderr

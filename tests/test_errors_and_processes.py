@@ -142,6 +142,8 @@ def test_cli_backfill_where_is_one_condition_run_as_the_caller_and_never_stored(
     conn.execute("INSERT INTO articles (id, title, body, views) SELECT g, 't' || g, 'b', 0 FROM generate_series(1, 20) g")
     conn.execute("DELETE FROM semsearch.queue")
     for where, message in [("true; DROP TABLE secret_tbl", "is not one SQL condition"),
+                           # balanced: it parses, so only the one-statement rule keeps the table
+                           ("true); DROP TABLE secret_tbl; SELECT (1", "is not one SQL condition"),
                            ("", "--where is empty"), ("   ", "--where is empty"),
                            ("no_such_column > 1", 'column "no_such_column" does not exist'),
                            ("true --", "is not one SQL condition")]:

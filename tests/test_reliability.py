@@ -90,7 +90,7 @@ def test_update_during_embedding_never_leaves_the_old_text(engine, conn, db_url,
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    first = threading.Thread(target=first_worker)
+    first = threading.Thread(target=first_worker, daemon=True)  # a failure must not hang pytest
     first.start()
     assert embedder.started.wait(30)  # the worker is embedding 'old'
     conn.execute("UPDATE articles SET title = 'new' WHERE id = 1")
