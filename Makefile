@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test proof bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	.ci/test-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# Each README guarantee broken on purpose, one at a time: its tests must go red (tests/mutations.py).
+proof: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python tests/proof.py
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/worker_throughput.py

@@ -11,7 +11,7 @@ import threading
 import time
 
 from .errors import SemsearchError, UnknownIndex, server_message
-from .options import DEFAULT_FUSION, FUSIONS
+from .options import DEFAULT_FUSION, FUSIONS, MAX_RESULTS
 
 
 def _url(args) -> str:
@@ -214,6 +214,8 @@ def cmd_search(args) -> None:
     from .query import clean_query
 
     args.query = clean_query(args.query)
+    if not 1 <= args.limit <= MAX_RESULTS:  # said as the option the user typed, not as the SQL argument
+        raise SemsearchError(f"--limit must be a whole number from 1 to {MAX_RESULTS}, not {args.limit}")
     with _connect_installed(args) as conn:
         register_vector(conn)
         model, store = conn.execute(
@@ -487,15 +489,6 @@ def cmd_server(args) -> None:
         pass
 
 
-def _result_count(value: str) -> int:
-    """--limit: what the search functions accept, checked before anything runs."""
-    from .options import MAX_RESULTS
-
-    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_RESULTS:
-        raise argparse.ArgumentTypeError(f"give a whole number from 1 to {MAX_RESULTS}, not {value!r}")
-    return int(value)
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default; flags and options without one say nothing more."""
 
@@ -555,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", help="the query text")
     p.add_argument("--mode", choices=["hybrid", "semantic", "keyword"], default="hybrid",
                    help="keyword + semantic fused, embeddings only, or BM25 only")
-    p.add_argument("--limit", type=_result_count, default=10, metavar="N", help="how many rows to show (1 to 10000)")
+    p.add_argument("--limit", type=int, default=10, metavar="N", help="how many rows to show (1 to 10000)")
     p.add_argument("--syntax", choices=["or", "websearch", "phrase", "prefix"], default="or",
                    help="keyword query syntax: or (natural language), websearch (\"quoted\", OR, -excluded), "
                         "phrase, prefix")

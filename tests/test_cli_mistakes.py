@@ -168,4 +168,4 @@ def test_demo_reports_what_it_did_on_a_second_run(db_url):
 
 def test_search_limit_out_of_range_is_a_usage_error(db_url):
     out = semsearch("search", "articles_search", "anything", "--limit", "0", "--url", db_url)
-    assert out.returncode == 2 and "--limit: give a whole number from 1 to 10000, not '0'" in out.stderr
+    assert out.returncode == 2 and out.stderr.strip() == "semsearch: error: --limit must be a whole number from 1 to 10000, not 0"

@@ -38,6 +38,7 @@ def test_query_text_is_cleaned_not_rejected(indexed):
 @pytest.mark.parametrize("call, message", [
     (lambda: Article.search.hybrid("x", vector=VECTOR, rrf_k=0), "rrf_k must be an integer from 1"),
     (lambda: Article.search.hybrid("x", vector=VECTOR, rrf_k=2.5), "rrf_k must be an integer from 1"),
+    (lambda: Article.search.hybrid("x", vector=VECTOR, rrf_k=1_000_001), "rrf_k must be an integer from 1 to 1000000"),
     (lambda: Article.search.keyword("x", limit=True), "limit must be an integer"),
     (lambda: Article.search.hybrid("x", vector=VECTOR, semantic_weight=-1), "semantic_weight must be"),
     (lambda: Article.search.hybrid("x", vector=VECTOR, semantic_weight=0, keyword_weight=0), "cannot both be 0"),
@@ -75,7 +76,7 @@ def test_sql_functions_check_their_arguments(indexed, conn):
 def test_cli_reports_bad_arguments_in_one_line(indexed, db_url):
     out = subprocess.run(CLI + ["search", "articles_search", "apples", "--mode", "keyword", "--limit", "1000000000",
                                 "--url", db_url], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "match_count must be from 1 to 10000" in out.stderr
+    assert out.returncode == 2 and "--limit must be a whole number from 1 to 10000" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
 
 
@@ -92,3 +93,13 @@ def test_huge_documents_are_chunked_or_refused_with_bounded_memory(engine, db_ur
     assert "".join(chunks).replace("\n", "") == "w" + word
     failures = conn.execute("SELECT key, error FROM semsearch.failures").fetchall()
     assert [k for k, _ in failures] == ["2"] and "text too long: 2500005 characters" in failures[0][1]
+
+
+def test_documents_over_max_chunks_are_recorded_not_embedded(engine, db_url, conn, fake_embedder):
+    Base.metadata.create_all(engine)
+    conn.execute("INSERT INTO articles (id, title, body, views) VALUES (1, 'short', 'a few words', 0), "
+                 "(2, 'long', %s, 0)", (" ".join(f"word{i}" for i in range(5000)),))
+    drain(db_url, fake_embedder("all-MiniLM-L6-v2"), max_chunks=10)
+    assert list(store_rows(conn)) == ["1"]
+    failures = conn.execute("SELECT key, error FROM semsearch.failures").fetchall()
+    assert [k for k, _ in failures] == ["2"] and "over the worker's max_chunks (10)" in failures[0][1]

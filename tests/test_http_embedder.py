@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -148,6 +149,12 @@ def problem(conn) -> str | None:
     return conn.execute("SELECT problem FROM semsearch.indexes WHERE name = 'http_tickets_search'").fetchone()[0]
 
 
+def outage_waits(conn) -> int:
+    """The seconds of the worker's current back-off, as status says it ("trying again in 4s"); 0 when none."""
+    found = re.search(r"embedding service unavailable, trying again in (\d+)s", problem(conn) or "")
+    return int(found.group(1)) if found else 0
+
+
 def wait_for(condition, timeout=60):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -166,7 +173,12 @@ def test_an_outage_longer_than_every_retry_loses_nothing(server, tickets, db_url
         wait_for(lambda: counts(conn) == (10, 0, 0, 0))
         server.stop()
         add_tickets(tickets, 11, 30)
-        time.sleep(8)
+        # Wait until the worker's own back-off has fired twice (its third try failed: "trying again in
+        # 4s" after 1 s and 2 s), or until an attempt is spent or a row fails, which must not happen.
+        deadline = time.monotonic() + 60
+        while not (outage_waits(conn) >= 4 or counts(conn)[1] or counts(conn)[3]):
+            assert time.monotonic() < deadline, f"no back-off after 60 s: {counts(conn)}, problem {problem(conn)!r}"
+            time.sleep(0.1)
         assert counts(conn) == (10, 0, 30, 0)  # nothing more embedded, nothing failed, no attempt spent
         assert "embedding service unavailable" in problem(conn)
         with Session(tickets) as s:  # keywords never wait for the model
@@ -349,7 +361,9 @@ def test_prefixes_for_queries_and_documents_reach_the_server(server, db_url, con
     documents = [i for r in server.requests() for i in r["inputs"] if "memo" in i]
     assert sorted(documents) == sorted(f"passage: memo {i} about {BODIES[i % 4]}" for i in range(1, 4))
     with Session(engine) as s:
-        assert len(s.execute(Memo.search.hybrid("printer jam", limit=3)).all()) == 3
+        found = s.execute(Memo.search.hybrid("printer jam", limit=3)).all()
+    assert sorted((m.id, m.body) for m, _ in found) == [(i, f"memo {i} about {BODIES[i % 4]}") for i in range(1, 4)]
+    assert [score for _, score in found] == sorted((score for _, score in found), reverse=True)
     assert [i for r in server.requests() for i in r["inputs"] if "printer jam" in i] == ["query: printer jam"]
     # The store keeps the text as written, without the prefix.
     assert conn.execute("SELECT content FROM semsearch.store_prefixed_memos_search ORDER BY key").fetchall()[0] == (

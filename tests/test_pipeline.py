@@ -75,8 +75,11 @@ def test_existing_rows_are_backfilled_when_the_index_is_declared(engine, conn, d
     conn.execute("CREATE TABLE articles (id int PRIMARY KEY, title text NOT NULL, body text, views int NOT NULL)")
     conn.execute("INSERT INTO articles SELECT g, 'title ' || g, 'body', 0 FROM generate_series(1, 50) g")
     Base.metadata.create_all(engine)
-    drain(db_url, fake_embedder("all-MiniLM-L6-v2"))
-    assert len(store_rows(conn)) == 50
+    embedder = fake_embedder("all-MiniLM-L6-v2")
+    drain(db_url, embedder)
+    expected = {str(g): [f"title {g}\n\nbody"] for g in range(1, 51)}
+    assert store_rows(conn) == expected
+    assert sorted(embedder.encoded) == sorted(text for texts in expected.values() for text in texts)  # each once
 
 
 def test_failing_item_is_isolated_retried_then_recorded(engine, conn, db_url, fake_embedder):
@@ -86,7 +89,7 @@ def test_failing_item_is_isolated_retried_then_recorded(engine, conn, db_url, fa
                  "FROM generate_series(1, 20) g")
     conn.execute("INSERT INTO articles (id, title, body, views) VALUES (99, 'POISON', 'x', 0), (98, ' ', NULL, 0)")
     drain(db_url, embedder, max_attempts=3, retry_base_seconds=0.01)
-    assert len(store_rows(conn)) == 20
+    assert store_rows(conn) == {str(g): [f"ok {g}\n\nfine"] for g in range(1, 21)}
     failures = dict(conn.execute("SELECT key, attempts || ': ' || error FROM semsearch.failures").fetchall())
     assert failures["99"].startswith("3: embedding failed") and "POISON" in failures["99"]
     assert failures["98"].startswith("1: nothing to embed")

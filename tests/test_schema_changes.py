@@ -86,6 +86,36 @@ def test_renamed_columns_are_followed(two_indexes, db_url, conn, fake_embedder):
     assert conn.execute("SELECT count(*) FROM semsearch.queue").fetchone() == (0,)
 
 
+def test_a_key_column_renamed_and_unkeyed_still_takes_every_statement(two_indexes, db_url, conn, fake_embedder):
+    """The trigger cannot name the keys a statement touched when the table has no primary key: the
+    statement still succeeds, the index is flagged, and every row is queued again (a backfill, which
+    status shows at once). Once the key is back, the worker embeds each row's current text."""
+    conn.execute("INSERT INTO notes SELECT g, 'note ' || g, 'more' FROM generate_series(2, 5) g")
+    drain(db_url, fake_embedder("all-MiniLM-L6-v2"))
+    assert conn.execute("SELECT backfilling, problem FROM semsearch.status WHERE index_name = 'notes_search'"
+                        ).fetchone() == (False, None)
+    conn.execute("ALTER TABLE notes RENAME COLUMN id TO note_id")
+    conn.execute("ALTER TABLE notes DROP CONSTRAINT notes_pkey")
+    with psycopg.connect(db_url, autocommit=True) as app:  # the application's statement succeeds
+        assert app.execute("UPDATE notes SET body = 'changed without a key' WHERE note_id IN (2, 4)").rowcount == 2
+    assert conn.execute("SELECT body FROM notes WHERE note_id = 2").fetchone() == ("changed without a key",)
+    backfilling, flagged = conn.execute("SELECT backfilling, problem FROM semsearch.status "
+                                        "WHERE index_name = 'notes_search'").fetchone()
+    assert flagged == "table changed: column n.id does not exist", flagged
+    assert backfilling, "no key to queue: every row must be asked for again"
+    assert store_rows(conn, "notes_search")["2"] == ["note 2\n\nmore"]  # nothing embedded yet
+    # The other index is not touched.
+    assert conn.execute("SELECT backfilling, problem FROM semsearch.status WHERE index_name = 'articles_search'"
+                        ).fetchone() == (False, None)
+    conn.execute("ALTER TABLE notes ADD PRIMARY KEY (note_id)")
+    drain(db_url, fake_embedder("all-MiniLM-L6-v2"))
+    assert store_rows(conn, "notes_search") == {
+        "1": ["a note\n\nmore"], "2": ["changed without a key\n\nmore"], "3": ["note 3\n\nmore"],
+        "4": ["changed without a key\n\nmore"], "5": ["note 5\n\nmore"]}
+    assert conn.execute("SELECT backfilling, problem FROM semsearch.status WHERE index_name = 'notes_search'"
+                        ).fetchone() == (False, None)
+
+
 def test_dropped_column_and_changed_type(two_indexes, db_url, conn, fake_embedder):
     conn.execute("ALTER TABLE notes ALTER COLUMN body TYPE varchar(500)")
     conn.execute("UPDATE notes SET body = 'typed'")

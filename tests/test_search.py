@@ -66,14 +66,20 @@ def test_keyword_arm_does_not_need_every_word(corpus):
 
 
 def test_queries_compose_with_where_join_offset_limit(corpus):
+    unfiltered = titles(corpus, Article.search.hybrid("animals and science", limit=10))
     stmt = Article.search.hybrid("animals and science", limit=10).where(Article.views > 2)
     with Session(corpus) as s:
         filtered = s.execute(stmt).all()
-    assert filtered and all(a.views > 2 for a, _ in filtered) and "Cats" not in [a.title for a, _ in filtered]
+    # .where() keeps exactly the candidates it allows, in the same order (views are the ids here).
+    views = {title: i for i, title, _ in DOCS}
+    assert "Cats" in unfiltered and len(unfiltered) == 10
+    assert [a.title for a, _ in filtered] == [t for t in unfiltered if views[t] > 2]
+    assert all(a.views > 2 for a, _ in filtered) and "Cats" not in [a.title for a, _ in filtered]
     joined = Article.search.semantic("pets", limit=10).join(Tag, Tag.article_id == Article.id).where(Tag.name == "animals")
     assert titles(corpus, joined) == ["Cats"]
     everything = titles(corpus, Article.search.semantic("food", limit=12))
-    assert len(everything) >= 5
+    assert sorted(everything) == sorted(title for _, title, _ in DOCS)  # every row, each once
+    assert everything[0] == "Sourdough"
     assert titles(corpus, Article.search.semantic("food", limit=12).offset(2).limit(3)) == everything[2:5]
     with Session(corpus) as s:
         assert s.execute(select(Article.search.hybrid("bread").subquery()).limit(1)).first() is not None

@@ -35,6 +35,17 @@ def test_a_limit_through_tied_rows_takes_the_shortest_keys_first(articles, conn)
         assert [a.id for a, _ in longer] == [2, 6, 10, 14, 18]  # a longer limit only adds rows after these
 
 
+def test_a_limit_through_tied_hybrid_rows_takes_the_shortest_keys_first(articles, conn, fake_embedder):
+    """Fifty identical rows tie in both arms: the query vector is their own embedding."""
+    vector = fake_embedder("all-MiniLM-L6-v2").encode(["Password reset\n\nthe email never arrives"])[0]
+    keys = [r[0] for r in conn.execute("SELECT key FROM semsearch.hybrid_search('articles_search', 'email', %s::vector, 3)",
+                                       (str(vector.tolist()),))]
+    assert keys == ["2", "6", "10"]
+    with Session(articles) as session:
+        rows = session.execute(Article.search.hybrid("email", vector=vector, limit=3)).all()
+        assert [a.id for a, _ in rows] == [2, 6, 10]
+
+
 def test_query_text_beyond_10000_characters_is_cut_off(articles, conn):
     filler = "x " * 5000  # 10,000 characters
     with Session(articles) as session:

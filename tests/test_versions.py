@@ -373,3 +373,103 @@ def test_a_build_is_never_written_by_two_revisions_of_its_model(db_url, conn, fa
     assert conn.execute("SELECT model, version, build FROM semsearch.status").fetchone() == ("fake-b", 2, None)
     assert conn.execute("SELECT model, count(*) FROM semsearch.store_memos_search_v2 GROUP BY 1").fetchall() == \
         [("fake-b@r2", 40)]
+
+
+class HeldEmbedder:
+    """A slow worker's model: its encode waits until released, holding the batch's transaction open."""
+
+    def __init__(self, fake):
+        self.fake, self.name, self.dimensions = fake, fake.name, fake.dimensions
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def chunk(self, texts, chunk_tokens, overlap):
+        return self.fake.chunk(texts, chunk_tokens, overlap)
+
+    def encode(self, texts, batch_size=64):
+        self.started.set()
+        assert self.release.wait(60)
+        return self.fake.encode(texts, batch_size)
+
+
+def test_a_switch_waits_for_the_keys_another_worker_notes(db_url, conn, fake_embedder):
+    """Two workers. One builds the new version; the other (slow) embeds rows written while the HNSW index
+    is built, so its batch notes their keys for the new version, and commits them only after the index
+    is built and the builder, finding no noted key yet, asks to switch. The switch must wait for those
+    keys: afterwards every row has one vector of the new model, from its current text."""
+    from pgvector.psycopg import register_vector
+    from psycopg.rows import namedtuple_row
+
+    from semsearch import Worker
+    from semsearch.registry import RegistryChanged, load_indexes
+    from tests.helpers import drain
+
+    assert cli(db_url, "install").returncode == 0
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 20) g")
+    conn.execute("SELECT semsearch.create_index('notes_search', 'notes', ARRAY['body'])")
+    current, new = fake_embedder("all-MiniLM-L6-v2"), fake_embedder("fake-b", 256)
+    drain(db_url, current)
+    conn.execute("""SELECT semsearch.alter_index('notes_search', '{"model": "fake-b", "dimensions": 256}')""")
+    held = HeldEmbedder(fake_embedder("all-MiniLM-L6-v2"))
+    builder = Worker(db_url, embedder_factory=lambda model: new if model == "fake-b" else current)
+    slow = Worker(db_url, embedder_factory=lambda model: new if model == "fake-b" else held)
+
+    def phase():
+        row = conn.execute("SELECT phase FROM semsearch.builds").fetchone()
+        return row and row[0]
+
+    def worker_connection():
+        c = psycopg.connect(db_url, row_factory=namedtuple_row)
+        register_vector(c)
+        return c
+
+    outcomes = []
+
+    def run(name, step):
+        try:
+            outcomes.append((name, step()))
+        except RegistryChanged:
+            outcomes.append((name, "switched"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcomes.append((name, repr(exc)))
+
+    with worker_connection() as building, worker_connection() as batching:
+        ix = load_indexes(building)[0]
+        building.commit()
+        assert ix.build_model == "fake-b"
+        while phase() == "embedding":  # the builder walks the table into the new store
+            builder.build_step(building, ix)
+        assert phase() == "indexing"
+        conn.execute("UPDATE notes SET body = 'rewritten during the build' WHERE id IN (3, 7)")
+        conn.execute("INSERT INTO notes VALUES (21, 'added during the build')")
+        # The slow worker's batch takes the three keys, seeing the build's HNSW index being built.
+        batch = threading.Thread(target=run, args=("batch", lambda: slow.process_batch(batching, ix)), daemon=True)
+        batch.start()
+        assert held.started.wait(30)
+        assert builder.build_step(building, ix) == 1 and phase() == "ready"  # never waits for batches
+        # No key noted yet (the batch has not committed): the builder asks to switch.
+        builder_pid = building.info.backend_pid
+        switch = threading.Thread(target=run, args=("switch", lambda: builder.build_step(building, ix)), daemon=True)
+        switch.start()
+        deadline = time.monotonic() + 30
+        while switch.is_alive() and conn.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                                 (builder_pid,)).fetchone() != ("Lock",):
+            assert time.monotonic() < deadline, "the switch neither waited nor ended"
+            time.sleep(0.05)
+        held.release.set()  # the batch writes the current version and notes its keys
+        batch.join(60)
+        switch.join(60)
+        assert not batch.is_alive() and not switch.is_alive()
+    assert dict(outcomes)["batch"] == 3, outcomes
+    drain(db_url, embedder_factory=lambda model: new if model == "fake-b" else current)
+
+    assert conn.execute("SELECT model, version, build FROM semsearch.status").fetchone() == ("fake-b", 2, None)
+    texts = dict(conn.execute("SELECT id::text, body FROM notes").fetchall())
+    assert texts["21"] == "added during the build"
+    rows = conn.execute("SELECT key, content, embedding::real[], model, count(*) OVER (PARTITION BY key) "
+                        "FROM semsearch.store_notes_search_v2 ORDER BY key").fetchall()
+    assert {r[0]: r[1] for r in rows} == texts, "a row written during the build is missing or old in the new version"
+    assert all(r[4] == 1 for r in rows) and {r[3] for r in rows} == {"fake-b"}
+    expected = new.encode([r[1] for r in rows])
+    assert np.allclose(np.array([r[2] for r in rows], dtype=np.float32), expected, atol=1e-6)
+    assert conn.execute("SELECT count(*) FROM semsearch.build_keys").fetchone() == (0,)
