@@ -5,6 +5,11 @@ Prints nDCG@10 (of limit=10 searches) and recall@100 (of limit=100) per mode; th
 ndcg10_keyword, ndcg10_semantic and ndcg10_hybrid. Embedding the 5,183 abstracts takes a few minutes on a CPU.
 --model picks the embedder (e.g. onnx:all-MiniLM-L6-v2); on a kept --database indexed with another
 model, that is a model change: the worker builds the new version and switches to it before the queries.
+--chunk-tokens sets the index's chunk size (default: the model's, 128 tokens for all-MiniLM-L6-v2); on
+a kept --database, that is a new version too.
+
+Before the headline lines, hybrid nDCG@10 per fusion and arm depth (semantic_candidates and
+keyword_candidates both), e.g. ndcg10_hybrid_minmax_30 (the defaults), _minmax_50, _rrf_100.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from semsearch.database import sqlalchemy_url
 
 DATA = Path(SCIFACT).parent
 MODES = ("keyword", "semantic", "hybrid")
+FUSION_VARIANTS = [("minmax", 30), ("minmax", 50), ("minmax", 100), ("zscore", 30), ("zscore", 50),
+                   ("rrf", 30), ("rrf", 50), ("rrf", 100)]  # (fusion, depth of each arm)
 
 
 class Base(DeclarativeBase):
@@ -66,9 +73,12 @@ def main() -> None:
     parser.add_argument("--database", help="use this database and keep it (loaded and indexed only when its "
                                            "table is missing), instead of a scratch one")
     parser.add_argument("--model", help="the index's model (default: semsearch's default model)")
+    parser.add_argument("--chunk-tokens", type=int, help="the index's chunk size in tokens (default: the model's)")
+    parser.add_argument("--no-variants", action="store_true", help="skip the fusion and depth variants")
     args = parser.parse_args()
-    if args.model:
-        Paper.search.options = IndexOptions(model=args.model)
+    if args.model or args.chunk_tokens:
+        Paper.search.options = IndexOptions(**({"model": args.model} if args.model else {}),
+                                            **({"chunk_tokens": args.chunk_tokens} if args.chunk_tokens else {}))
     corpus, queries, qrels = load()
     if args.queries:
         queries = dict(list(queries.items())[:args.queries])
@@ -84,6 +94,7 @@ def main() -> None:
         Worker(url).run(drain=True)
         print(f"indexed {len(corpus)} documents in {time.monotonic() - started:.0f} s")
         scores = {mode: ([], []) for mode in MODES}
+        variants = {v: [] for v in ([] if args.no_variants else FUSION_VARIANTS)}
         with Session(engine) as session:
             for qid, text in queries.items():
                 vector = Paper.search.embed_query(text)
@@ -96,11 +107,17 @@ def main() -> None:
                                 "hybrid": lambda: Paper.search.hybrid(text, vector=vector, limit=limit)}[mode]()
                         ranked = [paper.id for paper, _ in session.execute(stmt)]
                         scores[mode][into].append(measure(ranked, qrels[qid]))
+                for fusion, depth in variants:
+                    stmt = Paper.search.hybrid(text, vector=vector, limit=10, fusion=fusion, candidates=depth)
+                    variants[fusion, depth].append(ndcg_at_10([paper.id for paper, _ in session.execute(stmt)],
+                                                              qrels[qid]))
         engine.dispose()
-    print(f"{len(queries)} train queries, model {Paper.search.model}")
+    print(f"{len(queries)} train queries, model {Paper.search.model}, chunk_tokens {Paper.search.options.chunk_tokens}")
     for mode in MODES:
         ndcg, recall = scores[mode]
         print(f"{mode:<9} nDCG@10 {sum(ndcg) / len(ndcg):.4f}  recall@100 {sum(recall) / len(recall):.4f}")
+    for (fusion, depth), ndcg in variants.items():
+        print(f"ndcg10_hybrid_{fusion}_{depth}: {sum(ndcg) / len(ndcg):.4f}")
     for mode in MODES:
         print(f"ndcg10_{mode}: {sum(scores[mode][0]) / len(scores[mode][0]):.4f}")
 

@@ -3,24 +3,33 @@ version's bulk build against incremental inserts.
 
 The same texts are embedded by SentenceTransformer.encode (batch 64) and by a running worker
 (batch 64: claim -> read -> index keywords -> chunk -> embed -> COPY into the store -> commit), round
-by round so machine noise hits both alike; the headline is the median of the per-round ratios. Texts
+by round so machine noise hits both alike; the headline is the median of the per-round ratios. Every
+round is the whole pipeline: before it, the texts' store rows and their keyword data are cleared (the
+keyword tables hold only these texts, so they are emptied whole, statistics included), so each round
+indexes their keywords again, as a first insert of those rows does. Texts
 are cut to the index's chunk size, so both do the same model work (the worker would otherwise embed
 the overflow as extra chunks instead of truncating it).
 
 The store starts with FILLER rows of realistic vectors (the texts' own embeddings plus small noise),
 so the worker inserts into an HNSW index of production size, not an empty one. Before each timed
 part the queue is drained and the worker idle, and every wait has a deadline. onnx_vs_torch: worker
-rows/s with the model as `onnx:all-MiniLM-L6-v2` over rows/s with torch, rounds alternating.
+rows/s with the model as `onnx:all-MiniLM-L6-v2` over rows/s with torch, in rounds that alternate
+which of the two goes first.
 
 bulk_build_vs_incremental: BUILD_ROWS rows through a worker with a zero-cost embedder (a lookup of
 realistic vectors: SciFact embeddings plus noise), once as incremental inserts into the HNSW-indexed
 store (their keywords already indexed, so both do only the vector work) and once as a new version's
 build (walk into an unindexed store, one HNSW build, switch); rows/s of the second over the first.
 first_fill_vs_incremental: the same rows as the index's first fill (created on the filled table: the
-queue into an unindexed store, keywords too, one HNSW build) over the incremental inserts.
+queue into an unindexed store, keywords too, one HNSW build) over the same rows as incremental inserts
+that index their keywords too (keyword tables emptied first), so both sides do the same work.
+
+--quick: fewer rounds, a smaller pre-filled store and fewer build rows (its vectors the texts' own
+embeddings instead of all of SciFact's), for a machine where the full run does not fit.
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import threading
 import time
@@ -38,7 +47,7 @@ from semsearch.embedder import get_embedder
 
 DOCS = 640
 BATCH = 64
-ROUNDS = 3
+ROUNDS = 4  # even: each model goes first in half the rounds
 FILLER = 30_000
 DEADLINE_S = 600
 BUILD_ROWS = 20_000
@@ -52,20 +61,35 @@ def wait_for(condition, what: str) -> None:
         time.sleep(0.02)
 
 
-def prefill(conn: psycopg.Connection, vectors: np.ndarray) -> None:
-    """FILLER store rows (keys outside the table's) near real embeddings; HNSW built once after."""
+KEYWORD_PARTS = ("docs", "postings", "terms", "stats")
+
+
+def clear_keywords(conn: psycopg.Connection) -> None:
+    """Empty the index's keyword tables (they hold only the benchmark's rows): its rows' keywords are
+    indexed again from scratch, statistics included, as for rows never seen."""
+    tables = [conn.execute("SELECT semsearch.keyword_table(i, %s) FROM semsearch.indexes i WHERE i.name = 'docs_search'",
+                           (part,)).fetchone()[0] for part in KEYWORD_PARTS]
+    conn.execute(f"TRUNCATE {', '.join(tables)}")
+
+
+def keyword_rows(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM semsearch.store_docs_search_docs").fetchone()[0]
+
+
+def prefill(conn: psycopg.Connection, vectors: np.ndarray, filler: int) -> None:
+    """filler store rows (keys outside the table's) near real embeddings; HNSW built once after."""
     rng = np.random.default_rng(0)
     conn.execute("DROP INDEX semsearch.store_docs_search_hnsw")
     with conn.cursor().copy("COPY semsearch.store_docs_search (key, chunk, content, embedding, model, content_hash) "
                             "FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(["text", "int4", "text", "vector", "text", "bytea"])
-        for i in range(FILLER):
+        for i in range(filler):
             v = vectors[i % len(vectors)] + rng.normal(0, 0.05, vectors.shape[1]).astype(np.float32)
             copy.write_row((f"filler-{i}", 0, "filler", v / np.linalg.norm(v), "filler", b""))
     conn.execute("SELECT semsearch.build_hnsw(semsearch.lookup_index('docs_search'))")
 
 
-def main() -> None:
+def main(rounds: int = ROUNDS, filler: int = FILLER, build_rows: int = BUILD_ROWS, quick: bool = False) -> None:
     embedder = get_embedder()
     options = IndexOptions(chunk_overlap=0)
     texts = [chunks[0] for chunks in embedder.chunk([f"{t}\n\n{b}" for t, b in corpus(DOCS)], options.chunk_tokens, 0)]
@@ -83,7 +107,8 @@ def main() -> None:
                 for i, text in enumerate(texts):
                     copy.write_row((i, text))
             register_vector(conn)
-            prefill(conn, embedder.encode(texts, batch_size=BATCH))
+            text_vectors = embedder.encode(texts, batch_size=BATCH)
+            prefill(conn, text_vectors, filler)
             conn.execute("DELETE FROM semsearch.queue")
             conn.execute("UPDATE semsearch.indexes SET backfill_pending = false")
             keys = [str(i) for i in range(len(texts))]
@@ -107,26 +132,32 @@ def main() -> None:
             def worker_round(model) -> float:
                 switch.target = model
                 wait_for(idle, "an empty queue")
+                # The whole pipeline every round: no store rows and no keyword data for these texts.
                 conn.execute("DELETE FROM semsearch.store_docs_search WHERE key = ANY(%s)", (keys,))
+                clear_keywords(conn)
                 start = time.perf_counter()
                 conn.execute("SELECT semsearch.request_backfill('docs_search')")
                 wait_for(lambda: stored() == len(texts), "the worker to store every text")
-                return len(texts) / (time.perf_counter() - start)
+                rate = len(texts) / (time.perf_counter() - start)
+                assert keyword_rows(conn) == len(texts), "keywords not indexed in this round"
+                return rate
 
             try:
-                for _ in range(ROUNDS):
+                for rep in range(rounds):
                     wait_for(idle, "an empty queue")
                     start = time.perf_counter()
                     embedder.encode(texts, batch_size=BATCH)
                     encode_rates.append(len(texts) / (time.perf_counter() - start))
-                    worker_rates.append(worker_round(embedder))
-                    onnx_rates.append(worker_round(onnx))
+                    # Which model goes first alternates round by round.
+                    for model in ((embedder, onnx) if rep % 2 == 0 else (onnx, embedder)):
+                        (worker_rates if model is embedder else onnx_rates).append(worker_round(model))
             finally:
                 worker.stop()
                 thread.join()
-    bulk = bulk_build_vs_incremental()
+    bulk = bulk_build_vs_incremental(build_rows, text_vectors if quick else None)
     ratios = [w / e for w, e in zip(worker_rates, encode_rates)]
-    print(f"texts: {len(texts)}, batch size: {BATCH}, rounds: {ROUNDS}, store pre-filled with {FILLER} vectors")
+    print(f"texts: {len(texts)}, batch size: {BATCH}, rounds: {rounds} (each: keywords, chunks, embeddings, "
+          f"store; torch and ONNX alternating first), store pre-filled with {filler} vectors")
     print(f"encode_rows_per_s: {statistics.median(encode_rates):.1f}")
     print(f"worker_rows_per_s: {statistics.median(worker_rates):.1f}")
     print(f"per-round ratios: {', '.join(f'{r:.3f}' for r in ratios)}")
@@ -170,11 +201,13 @@ class LookupEmbedder:
         return self.vectors[[int(t.split(" ", 1)[0]) for t in texts]]
 
 
-def bulk_build_vs_incremental() -> float:
+def bulk_build_vs_incremental(build_rows: int = BUILD_ROWS, base: np.ndarray | None = None) -> float:
+    """base: the vectors the rows' are drawn near (default: every SciFact abstract's embedding)."""
     docs = corpus(10_000)
-    base = scifact_vectors([{"title": t, "text": b} for t, b in docs])
+    if base is None:
+        base = scifact_vectors([{"title": t, "text": b} for t, b in docs])
     rng = np.random.default_rng(3)
-    vectors = base[np.arange(BUILD_ROWS) % len(base)] + rng.normal(0, 0.035, (BUILD_ROWS, base.shape[1]))
+    vectors = base[np.arange(build_rows) % len(base)] + rng.normal(0, 0.035, (build_rows, base.shape[1]))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     embedders = {name: LookupEmbedder(name, vectors) for name in ("lookup-a", "lookup-b")}
 
@@ -188,33 +221,48 @@ def bulk_build_vs_incremental() -> float:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
             with conn.cursor().copy("COPY docs FROM STDIN") as copy:
-                for i in range(BUILD_ROWS):
+                for i in range(build_rows):
                     copy.write_row((i, f"{i} {docs[i % len(docs)][0]}"))
             with create_engine(sqlalchemy_url(url)).begin() as c:
                 IndexDefinition("docs_search", "docs", ["body"],
                                 options=IndexOptions(model="lookup-a", dimensions=384)).create(c)
             # The index is created on a table with rows: a first fill (unindexed store, one HNSW build),
             # which also indexes every row's keywords.
-            first = BUILD_ROWS / drain(url)
+            first = build_rows / drain(url)
+            assert keyword_rows(conn) == build_rows
+            # Incremental inserts into the HNSW-indexed store, keywords included (as the first fill):
+            # store and keyword tables emptied, every row queued again.
+            conn.execute("TRUNCATE semsearch.store_docs_search")
+            clear_keywords(conn)
+            conn.execute("SELECT semsearch.request_backfill('docs_search')")
+            incremental_keywords = build_rows / drain(url)
+            assert keyword_rows(conn) == build_rows
+            # The same with their keywords already indexed (unchanged rows: only the vector work), as
+            # a version build does.
             conn.execute("TRUNCATE semsearch.store_docs_search")
             conn.execute("SELECT semsearch.request_backfill('docs_search')")
-            incremental = BUILD_ROWS / drain(url)
+            incremental = build_rows / drain(url)
             conn.execute("""SELECT semsearch.alter_index('docs_search', '{"model": "lookup-b"}'::jsonb ||
                             jsonb_build_object('dimensions', 384))""")
-            bulk = BUILD_ROWS / drain(url)
+            bulk = build_rows / drain(url)
             stored = conn.execute("SELECT model, count(*) FROM semsearch.store_docs_search_v2 GROUP BY 1").fetchall()
-            assert stored == [("lookup-b", BUILD_ROWS)], stored
-    print(f"{BUILD_ROWS} rows, zero-cost embedder: incremental inserts {incremental:.0f} rows/s, "
-          f"version build (walk, one HNSW build, switch) {bulk:.0f} rows/s, first fill of the index "
-          f"(with its keywords) {first:.0f} rows/s")
-    print(f"first_fill_vs_incremental: {first / incremental:.2f}")
+            assert stored == [("lookup-b", build_rows)], stored
+    print(f"{build_rows} rows, zero-cost embedder: incremental inserts {incremental:.0f} rows/s (keywords already "
+          f"indexed), version build (walk, one HNSW build, switch) {bulk:.0f} rows/s; with their keywords: "
+          f"incremental inserts {incremental_keywords:.0f} rows/s, first fill of the index {first:.0f} rows/s")
+    print(f"first_fill_vs_incremental: {first / incremental_keywords:.2f}")
     return bulk / incremental
 
 
 if __name__ == "__main__":
-    import sys
-
-    if "--bulk-only" in sys.argv:  # just the version build's figure
-        print(f"bulk_build_vs_incremental: {bulk_build_vs_incremental():.2f}")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bulk-only", action="store_true", help="just the version build's figures")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 rounds, 5,000 pre-filled vectors, 5,000 build rows near the texts' own embeddings")
+    args = parser.parse_args()
+    if args.bulk_only:
+        print(f"bulk_build_vs_incremental: {bulk_build_vs_incremental(5_000 if args.quick else BUILD_ROWS):.2f}")
+    elif args.quick:
+        main(rounds=2, filler=5_000, build_rows=5_000, quick=True)
     else:
         main()

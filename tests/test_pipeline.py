@@ -88,7 +88,7 @@ def test_failing_item_is_isolated_retried_then_recorded(engine, conn, db_url, fa
     conn.execute("INSERT INTO articles (id, title, body, views) SELECT g, 'ok ' || g, 'fine', 0 "
                  "FROM generate_series(1, 20) g")
     conn.execute("INSERT INTO articles (id, title, body, views) VALUES (99, 'POISON', 'x', 0), (98, ' ', NULL, 0)")
-    drain(db_url, embedder, max_attempts=3, retry_base_seconds=0.01)
+    drain(db_url, embedder, timeout=60, max_attempts=3, retry_base_seconds=0.01)
     assert store_rows(conn) == {str(g): [f"ok {g}\n\nfine"] for g in range(1, 21)}
     failures = dict(conn.execute("SELECT key, attempts || ': ' || error FROM semsearch.failures").fetchall())
     assert failures["99"].startswith("3: embedding failed") and "POISON" in failures["99"]
