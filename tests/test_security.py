@@ -1,7 +1,6 @@
 """Least privilege and row-level security, with real roles: an owner (not a superuser) installs
 semsearch, two tenants share a table under a real RLS policy, a separate worker role embeds."""
 import subprocess
-import sys
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -13,59 +12,24 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from semsearch import SearchIndex, SemsearchError, Worker
 from semsearch.database import sqlalchemy_url
 
-CLI = [sys.executable, "-m", "semsearch.cli"]
+from .tenants import CLI, as_user, two_tenants
+
 A_ROWS, B_ROWS = 12, 190
-
-
-def as_user(url: str, user: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.split("@", 1)[1] if "@" in parts.netloc else parts.netloc
-    return parts._replace(netloc=f"{user}@{host}").geturl()
 
 
 @pytest.fixture
 def tenants(db_url, fake_embedder):
     """docs(id, tenant, body) with RLS tenant = current_user; A owns 12 rows, B 190 (all mention apples)."""
-    dbname = urlsplit(db_url).path.lstrip("/")
-    suffix = dbname[-8:]
-    names = {k: f"{k}_{suffix}" for k in ("owner", "tenant_a", "tenant_b", "worker")}
-    with psycopg.connect(db_url, autocommit=True) as su:
-        for role in names.values():
-            su.execute(f"CREATE ROLE {role} LOGIN")
-        su.execute(f"GRANT CREATE ON DATABASE {dbname} TO {names['owner']}")
-        su.execute(f"GRANT CREATE ON SCHEMA public TO {names['owner']}")
-        su.execute("CREATE EXTENSION vector")  # not a trusted extension: the one superuser step
-    urls = {k: as_user(db_url, role) for k, role in names.items()}
-    with psycopg.connect(urls["owner"], autocommit=True) as owner:
-        owner.execute("CREATE TABLE docs (id int PRIMARY KEY, tenant name NOT NULL DEFAULT current_user, body text)")
-        owner.execute("ALTER TABLE docs ENABLE ROW LEVEL SECURITY")
-        owner.execute("CREATE POLICY tenant_rows ON docs USING (tenant = current_user) WITH CHECK (tenant = current_user)")
-        owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON docs TO {names['tenant_a']}, {names['tenant_b']}")
-    out = subprocess.run(CLI + ["install", "--url", urls["owner"]], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    with psycopg.connect(urls["owner"], autocommit=True) as owner:
-        owner.execute("SELECT semsearch.create_index('docs_search', 'docs', ARRAY['body'])")
-    out = subprocess.run(CLI + ["grant", "--app", names["tenant_a"], "--app", names["tenant_b"],
-                                "--worker", names["worker"], "--url", urls["owner"]],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    # The tenants write their table without any right on semsearch's own tables.
-    with psycopg.connect(urls["tenant_a"], autocommit=True) as a:
-        a.execute("INSERT INTO docs (id, body) SELECT i, 'apple pie recipe number ' || i FROM generate_series(1, %s) i",
-                  (A_ROWS,))
-    with psycopg.connect(urls["tenant_b"], autocommit=True) as b:
-        b.execute("INSERT INTO docs (id, body) SELECT i, 'apple apple apple confidential B plan ' || i "
-                  "FROM generate_series(100, %s) i", (99 + B_ROWS,))
-    Worker(urls["worker"], poll_interval=0.2,
-           embedder_factory=lambda model: fake_embedder(model)).run(drain=True)
-    with psycopg.connect(urls["owner"]) as owner:
-        assert owner.execute("SELECT count(DISTINCT key) FROM semsearch.store_docs_search").fetchone() == (A_ROWS + B_ROWS,)
-    yield urls
-    with psycopg.connect(db_url, autocommit=True) as su:
-        for role in names.values():
-            su.execute(f"DROP OWNED BY {role} CASCADE")
-        for role in names.values():
-            su.execute(f"DROP ROLE {role}")
+    with two_tenants(db_url, "docs_search",
+                     f"INSERT INTO docs (id, body) SELECT i, 'apple pie recipe number ' || i FROM generate_series(1, {A_ROWS}) i",
+                     "INSERT INTO docs (id, body) SELECT i, 'apple apple apple confidential B plan ' || i "
+                     f"FROM generate_series(100, {99 + B_ROWS}) i") as urls:
+        Worker(urls["worker"], poll_interval=0.2,
+               embedder_factory=lambda model: fake_embedder(model)).run(drain=True)
+        with psycopg.connect(urls["owner"]) as owner:
+            assert owner.execute("SELECT count(DISTINCT key) FROM semsearch.store_docs_search").fetchone() == (
+                A_ROWS + B_ROWS,)
+        yield urls
 
 
 def test_searches_never_show_score_or_rank_another_tenants_rows(tenants):

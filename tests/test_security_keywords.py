@@ -9,8 +9,6 @@ step still filters them, the ORM's join to the table, the exact rescoring from t
 pushed out of its own full limit."""
 import re
 import subprocess
-import sys
-from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
@@ -23,8 +21,8 @@ from semsearch.database import sqlalchemy_url
 from semsearch.options import KEYWORD_SYNTAXES
 
 from .helpers import drain
+from .tenants import CLI, two_tenants
 
-CLI = [sys.executable, "-m", "semsearch.cli"]
 A_KEYS = {str(i) for i in range(1, 13)}          # 12 rows
 B_KEYS = {str(i) for i in range(100, 290)}       # 190 rows: more than any arm's default depth of rescored rows
 SHARED = "shared words"                          # in every row, B's three times: B's rows score better
@@ -35,59 +33,25 @@ VECTOR = [float(v) for v in np.random.default_rng(7).standard_normal(384)]
 INDEX = "docs_search"
 
 
-def as_user(url: str, user: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.split("@", 1)[1] if "@" in parts.netloc else parts.netloc
-    return parts._replace(netloc=f"{user}@{host}").geturl()
-
-
 @pytest.fixture
 def tenants(db_url, fake_embedder):
     """docs(id, tenant, body) with RLS tenant = current_user, installed by a non-superuser owner; A owns
     keys 1-12, B keys 100-289; an app grant for each tenant, a worker role that indexes them."""
-    dbname = urlsplit(db_url).path.lstrip("/")
-    names = {k: f"{k}_{dbname[-8:]}" for k in ("owner", "tenant_a", "tenant_b", "worker")}
-    with psycopg.connect(db_url, autocommit=True) as su:
-        for role in names.values():
-            su.execute(f"CREATE ROLE {role} LOGIN")
-        su.execute(f"GRANT CREATE ON DATABASE {dbname} TO {names['owner']}")
-        su.execute(f"GRANT CREATE ON SCHEMA public TO {names['owner']}")
-        su.execute("CREATE EXTENSION vector")
-    urls = {k: as_user(db_url, role) for k, role in names.items()}
-    with psycopg.connect(urls["owner"], autocommit=True) as owner:
-        owner.execute("CREATE TABLE docs (id int PRIMARY KEY, tenant name NOT NULL DEFAULT current_user, body text)")
-        owner.execute("ALTER TABLE docs ENABLE ROW LEVEL SECURITY")
-        owner.execute("CREATE POLICY tenant_rows ON docs USING (tenant = current_user) WITH CHECK (tenant = current_user)")
-        owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON docs TO {names['tenant_a']}, {names['tenant_b']}")
-    out = subprocess.run(CLI + ["install", "--url", urls["owner"]], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    with psycopg.connect(urls["owner"], autocommit=True) as owner:
-        owner.execute(f"SELECT semsearch.create_index('{INDEX}', 'docs', ARRAY['body'])")
-    out = subprocess.run(CLI + ["grant", "--app", names["tenant_a"], "--app", names["tenant_b"],
-                                "--worker", names["worker"], "--url", urls["owner"]],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    with psycopg.connect(urls["tenant_a"], autocommit=True) as a:
-        a.execute("INSERT INTO docs (id, body) SELECT i, 'shared words apple pie recipe ' || i "
-                  "FROM generate_series(1, 12) i")
-    with psycopg.connect(urls["tenant_b"], autocommit=True) as b:
-        b.execute("INSERT INTO docs (id, body) SELECT i, 'shared words shared words shared words "
-                  "confidential zeppelin merger ' || i FROM generate_series(100, 289) i")
-    drain(urls["worker"], fake_embedder("all-MiniLM-L6-v2"))
-    with psycopg.connect(urls["owner"]) as owner:
-        # Everything indexed, and B's rows outrank A's for the shared query in every syntax: without the
-        # keyword tables' row-level security B's rows would fill A's limit.
-        assert owner.execute(f"SELECT count(*) FROM semsearch.store_{INDEX}_docs").fetchone() == (202,)
-        for syntax in KEYWORD_SYNTAXES:
-            top = owner.execute("SELECT key FROM semsearch.keyword_search(%s, %s, 100, %s)",
-                                (INDEX, SHARED, syntax)).fetchall()
-            assert {k for (k,) in top} <= B_KEYS and len(top) == 100, (syntax, top)
-    yield urls
-    with psycopg.connect(db_url, autocommit=True) as su:
-        for role in names.values():
-            su.execute(f"DROP OWNED BY {role} CASCADE")
-        for role in names.values():
-            su.execute(f"DROP ROLE {role}")
+    with two_tenants(db_url, INDEX,
+                     "INSERT INTO docs (id, body) SELECT i, 'shared words apple pie recipe ' || i "
+                     "FROM generate_series(1, 12) i",
+                     "INSERT INTO docs (id, body) SELECT i, 'shared words shared words shared words "
+                     "confidential zeppelin merger ' || i FROM generate_series(100, 289) i") as urls:
+        drain(urls["worker"], fake_embedder("all-MiniLM-L6-v2"))
+        with psycopg.connect(urls["owner"]) as owner:
+            # Everything indexed, and B's rows outrank A's for the shared query in every syntax: without the
+            # keyword tables' row-level security B's rows would fill A's limit.
+            assert owner.execute(f"SELECT count(*) FROM semsearch.store_{INDEX}_docs").fetchone() == (202,)
+            for syntax in KEYWORD_SYNTAXES:
+                top = owner.execute("SELECT key FROM semsearch.keyword_search(%s, %s, 100, %s)",
+                                    (INDEX, SHARED, syntax)).fetchall()
+                assert {k for (k,) in top} <= B_KEYS and len(top) == 100, (syntax, top)
+        yield urls
 
 
 def assert_ranked_among_own_rows(rows, what):
