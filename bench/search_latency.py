@@ -94,8 +94,8 @@ def build_corpus(corpus: list[dict], vectors: np.ndarray, n: int, rng: random.Ra
 def add_user_tsvector(conn) -> bool:
     """The ts_rank baseline's column, as users keep one: a stored generated tsvector on the documents
     table (default storage) with a GIN index. Returns true when it was added."""
-    if conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'docs' AND column_name = 'tsv'"
-                    ).fetchone():
+    if conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attname = 'tsv' "
+                    "AND NOT attisdropped").fetchone():
         return False
     conn.execute("ALTER TABLE docs ADD COLUMN tsv tsvector GENERATED ALWAYS AS "
                  "(to_tsvector('english', coalesce(title, '') || ' ' || coalesce(body, ''))) STORED")

@@ -36,6 +36,7 @@ def test_install_and_create_all_do_not_wait_for_an_open_write_transaction(engine
         with engine.connect() as conn:
             conn.execute(text("CREATE TABLE IF NOT EXISTS other (id int PRIMARY KEY)"))
             conn.commit()
+            conn.execute(text("SET statement_timeout = '30s'"))  # the test's own bound, should semsearch wait
             started = time.monotonic()
             with pytest.raises(Exception) as info:
                 conn.execute(text("SELECT semsearch.create_index('articles_title', 'articles', ARRAY['title'], "
