@@ -16,8 +16,8 @@ from .errors import SemsearchError
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 KNOWN_DIMENSIONS = {DEFAULT_MODEL: 384, "sentence-transformers/all-MiniLM-L6-v2": 384, f"onnx:{DEFAULT_MODEL}": 384}
 # The chunk size a known model embeds best: the sequence length it was trained on (all-MiniLM-L6-v2:
-# 128 tokens, though it accepts 256; on SciFact train, 128-token chunks score nDCG@10 0.689 against
-# 0.670). chunk_tokens=None means this, or the model's window for other models.
+# 128 tokens, though it accepts 256; `bench/quality.py --chunk-tokens 256` compares the two on SciFact
+# train). chunk_tokens=None means this, or the model's window for other models.
 KNOWN_CHUNK_TOKENS = {DEFAULT_MODEL: 128, "sentence-transformers/all-MiniLM-L6-v2": 128, f"onnx:{DEFAULT_MODEL}": 128}
 DISTANCES = ("cosine", "l2", "inner_product")
 STORAGES = ("vector", "halfvec")  # the store's vector type: float4 or float2 (pgvector's halfvec)

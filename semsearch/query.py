@@ -286,16 +286,28 @@ def preload(*engines_or_models: Engine | AsyncEngine | str) -> None:
     engines = [e if isinstance(e, Engine) else e.sync_engine for e in engines_or_models if not isinstance(e, str)]
     for engine in engines:
         _engines.add(engine)
-    if engines:
-        for index in declared_search_indexes():
-            _serving.pop(index.name, None)
-            models.append(serving_model(index)[0])
+    for index in declared_search_indexes() if engines else []:
+        served = _served_by(engines, index)
+        if served is not None:  # an index none of these databases has is not theirs to serve
+            models.append(served)
     for model in dict.fromkeys(models or [DEFAULT_MODEL]):
         try:
             encode_queries(get_embedder(model), ["warm-up"])
         except EmbedderUnavailable as exc:  # a service that is down must not keep the application from starting
             log.warning("preload: %s; semantic and hybrid queries raise EmbedderUnavailable until it answers "
                         "(keyword search needs no model)", exc)
+
+
+def _served_by(engines: list[Engine], index: SearchIndex[Any]) -> str | None:
+    """The model the first of the engines' databases that has the index serves (remembered for queries)."""
+    for engine in engines:
+        try:
+            model, dimensions = _read_serving(engine, index.name)
+        except Exception:  # not this engine's database (or it is down)
+            continue
+        _serving[index.name] = (model, dimensions, time.monotonic())
+        return model
+    return None
 
 
 async def apreload(*engines_or_models: Engine | AsyncEngine | str) -> None:
