@@ -111,29 +111,32 @@ def cmd_status(args) -> int:
     others are still shown (exit status 2)."""
     import psycopg
 
-    from .service import Outcome, database_label
+    from .database import redact
+    from .service import Outcome
 
     urls = _urls(args)
     outcome = Outcome()
     for i, url in enumerate(urls):
         if len(urls) > 1:
-            print(("\n" if i else "") + f"database {database_label(url)}:", flush=True)
+            print(("\n" if i else "") + f"database {redact(url)}:", flush=True)
         try:
             _print_status(url, args.failures)
         except SemsearchError as exc:
             if len(urls) == 1:
                 raise
-            outcome.errors[database_label(url)] = exc
+            outcome.errors[redact(url)] = exc
             print(f"  cannot read it: {exc}".replace("\n", "\n  "), flush=True)
         except Exception as exc:
             if len(urls) == 1 or not isinstance(_database_error(exc), psycopg.Error):
                 raise
-            outcome.errors[database_label(url)] = _database_error(exc)
+            outcome.errors[redact(url)] = _database_error(exc)
             print(f"  cannot read it: {server_message(_database_error(exc))}", flush=True)
     return outcome.exit_status
 
 
 def _print_status(url: str, failures_shown: int) -> None:
+    import psycopg
+
     from .database import connect
     from .schema import require_installed
 

@@ -50,10 +50,6 @@ class Outcome:
         return 128 + self.signal if self.signal else 0
 
 
-def database_label(url: str) -> str:
-    return redact(url)
-
-
 def run_workers(workers: list[Worker], *, drain: bool, show_progress: bool) -> Outcome:
     """Run the workers until SIGTERM/SIGINT (or, with drain, until every queue is empty).
 
@@ -99,7 +95,7 @@ def run_workers(workers: list[Worker], *, drain: bool, show_progress: bool) -> O
         previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def serve(worker: Worker) -> None:
-        label = database_label(worker.url)
+        label = redact(worker.url)
         while True:
             try:
                 worker.run(drain=drain)
