@@ -19,7 +19,8 @@ _PACKAGE = Path(__file__).resolve().parent
 
 # Tables first, in version order; then the functions, each file needing only those before it.
 SCHEMA_FILES = ("0001_schema.sql", "0002_keywords.sql", "0003_model_revision.sql", "0004_versions.sql", "0005_first_fill.sql")
-FUNCTION_FILES = ("keys.sql", "queue.sql", "keywords.sql", "ddl.sql", "versions.sql", "search.sql", "status.sql", "access.sql")
+FUNCTION_FILES = ("keys.sql", "queue.sql", "keywords.sql", "ddl.sql", "versions.sql", "search.sql", "status.sql", "uses.sql",
+                  "access.sql")
 
 
 def sql_dir() -> Path:

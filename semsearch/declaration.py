@@ -12,9 +12,8 @@ DDL (semsearch.ddl) that Alembic's operations and `semsearch install` run.
 from __future__ import annotations
 
 import logging
-import weakref
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Generic, Literal, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, Sequence, overload
 
 from sqlalchemy import Connection, MetaData, Select, Table, event, text
 from sqlalchemy.exc import DBAPIError
@@ -22,15 +21,27 @@ from sqlalchemy.orm import Mapper
 from typing_extensions import TypeVar, Unpack
 
 from .ddl import CreateSearchIndex, DropSearchIndex
+from .declared import remember
 from .errors import NotInstalled
 from .options import IndexOptions
+from .query import HybridOptions, embed_for_search_async, embed_query, hybrid, keyword, semantic
+from .uses import classify as _classify
+from .uses import clusters as _clusters
+from .uses import duplicates as _duplicates
+from .uses import outliers as _outliers
+from .uses import passages as _passages
+from .uses import similar as _similar
+from .uses.rows import Bind, run_async
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
     from sqlalchemy import ColumnExpressionArgument
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-    from .query import HybridOptions
+    from .uses.classify import EmbeddingClassifier, Prediction
+    from .uses.clusters import Clusters
+    from .uses.duplicates import DuplicateGroup
 
 log = logging.getLogger("semsearch")
 
@@ -84,7 +95,7 @@ class SearchIndex(Generic[ModelT]):
     def __set_name__(self, owner: type[ModelT], attribute: str) -> None:
         self.model_class = owner
         self.attribute = attribute
-        _search_indexes.add(self)
+        remember(self)
 
     def __get__(self, instance: object, owner: type[OwnerT]) -> SearchIndex[OwnerT]:
         """The index itself, typed by the class it is read from, so that its queries' rows are typed."""
@@ -120,8 +131,6 @@ class SearchIndex(Generic[ModelT]):
 
     def embed_query(self, query: str) -> npt.NDArray[np.float32]:
         """The query's embedding by the model this index serves (a numpy array), e.g. for the SQL functions."""
-        from .query import embed_query
-
         return embed_query(self, query)
 
     # Queries (semsearch.query): each returns a Select of (Model, score); the a* twins embed the
@@ -129,18 +138,15 @@ class SearchIndex(Generic[ModelT]):
     # filter= (a condition on the model, e.g. Article.tenant_id == 7) applies inside each arm, before
     # its top candidates are taken; a .where() on the returned select filters only those candidates.
     def semantic(self, query: str | None = None, *, vector: npt.ArrayLike | None = None, limit: int = 10,
-                 candidates: int | None = None,
-                 filter: ColumnExpressionArgument[bool] | None = None) -> Select[ModelT, float]:
-        from .query import semantic
-
-        return semantic(self, query, vector=vector, limit=limit, candidates=candidates, filter=filter)
+                 candidates: int | None = None, filter: ColumnExpressionArgument[bool] | None = None,
+                 mmr: float | None = None) -> Select[ModelT, float]:
+        """mmr (0 to 1): re-order by maximal marginal relevance, for results that do not repeat each other."""
+        return semantic(self, query, vector=vector, limit=limit, candidates=candidates, filter=filter, mmr=mmr)
 
     def keyword(self, query: str, *, limit: int = 10, candidates: int | None = None, syntax: str = "or",
                 filter: ColumnExpressionArgument[bool] | None = None) -> Select[ModelT, float]:
         """BM25 ranking. syntax: "or" (natural language), "websearch" ("quoted", OR, -excluded), "phrase"
         or "prefix"."""
-        from .query import keyword
-
         return keyword(self, query, limit=limit, candidates=candidates, syntax=syntax, filter=filter)
 
     @overload
@@ -162,19 +168,16 @@ class SearchIndex(Generic[ModelT]):
         keyword_weight, candidates (each arm's depth) or semantic_candidates / keyword_candidates,
         keyword_syntax, filter, arm_scores (each arm's rank and score on every row). Defaults:
         semsearch.options."""
-        from .query import hybrid
-
         return hybrid(self, query, vector=vector, limit=limit, arm_scores=arm_scores, **options)
 
     async def asemantic(self, query: str | None = None, *, vector: npt.ArrayLike | None = None, limit: int = 10,
-                        candidates: int | None = None,
-                        filter: ColumnExpressionArgument[bool] | None = None) -> Select[ModelT, float]:
-        from .query import embed_for_search_async, semantic
-
+                        candidates: int | None = None, filter: ColumnExpressionArgument[bool] | None = None,
+                        mmr: float | None = None) -> Select[ModelT, float]:
         model = None
         if vector is None:
             model, vector = await embed_for_search_async(self, query)
-        return semantic(self, vector=vector, limit=limit, candidates=candidates, filter=filter, query_model=model)
+        return semantic(self, vector=vector, limit=limit, candidates=candidates, filter=filter, mmr=mmr,
+                        query_model=model)
 
     async def akeyword(self, query: str, *, limit: int = 10, candidates: int | None = None,
                        syntax: str = "or",
@@ -197,20 +200,98 @@ class SearchIndex(Generic[ModelT]):
     async def ahybrid(self, query: str, *, vector: npt.ArrayLike | None = None, limit: int = 10,
                       arm_scores: bool = False,
                       **options: Unpack[HybridOptions]) -> Select[ModelT, float, Unpack[tuple[Any, ...]]]:
-        from .query import embed_for_search_async, hybrid
-
         model = None
         if vector is None:
             model, vector = await embed_for_search_async(self, query)
         return hybrid(self, query, vector=vector, limit=limit, arm_scores=arm_scores, query_model=model, **options)
 
+    # Beyond search (semsearch.uses): passages, similar, recommend and outliers return selects like the
+    # searches; duplicates, classify, classifier and clusters run their statements on `session` (a
+    # Session, Connection or Engine; by default the engine of this process whose database has the
+    # index) and return results. Each honours filter= and row-level security as the searches do.
+    def passages(self, query: str, *, limit: int = 10, mode: str = "hybrid",
+                 filter: ColumnExpressionArgument[bool] | None = None, highlight: bool = False,
+                 per_document: int | None = None, mmr: float | None = None, candidates: int | None = None,
+                 start_tag: str = "<mark>", stop_tag: str = "</mark>",
+                 vector: npt.ArrayLike | None = None) -> Select[ModelT, str, float, int, int | None, int | None]:
+        """Chunks ranked one by one, for a prompt: (Model, passage, score, chunk_index, start, end) rows.
+        mode: "hybrid", "semantic" or "keyword"; highlight: mark the query's words (start_tag, stop_tag);
+        per_document: at most that many passages of one row; mmr (0 to 1): diversify."""
+        return _passages.passages(self, query, limit=limit, mode=mode, filter=filter, highlight=highlight,
+                                  per_document=per_document, mmr=mmr, candidates=candidates, start_tag=start_tag,
+                                  stop_tag=stop_tag, vector=vector)
 
-_search_indexes: "weakref.WeakSet[SearchIndex]" = weakref.WeakSet()
+    async def apassages(self, query: str, *, limit: int = 10, mode: str = "hybrid",
+                        filter: ColumnExpressionArgument[bool] | None = None, highlight: bool = False,
+                        per_document: int | None = None, mmr: float | None = None, candidates: int | None = None,
+                        start_tag: str = "<mark>",
+                        stop_tag: str = "</mark>") -> Select[ModelT, str, float, int, int | None, int | None]:
+        model, vector = None, None
+        if mode != "keyword":
+            model, vector = await embed_for_search_async(self, query)
+        return _passages.passages(self, query, limit=limit, mode=mode, filter=filter, highlight=highlight,
+                                  per_document=per_document, mmr=mmr, candidates=candidates, start_tag=start_tag,
+                                  stop_tag=stop_tag, vector=vector, query_model=model)
 
+    def similar(self, row_or_key: Any, *, limit: int = 10,
+                filter: ColumnExpressionArgument[bool] | None = None) -> Select[ModelT, float]:
+        """(Model, score) rows nearest to a row (a model instance or its primary key), never the row itself,
+        from its stored vectors: no model call."""
+        return _similar.similar(self, row_or_key, limit=limit, filter=filter)
 
-def declared_search_indexes() -> list[SearchIndex]:
-    """Every SearchIndex declared on a model class of this process."""
-    return [index for index in list(_search_indexes) if index.model_class is not None]
+    def recommend(self, positive: Sequence[Any], negative: Sequence[Any] = (), *, limit: int = 10,
+                  filter: ColumnExpressionArgument[bool] | None = None) -> Select[ModelT, float]:
+        """(Model, score) rows near the positive rows (or keys) and away from the negative ones, none of
+        them returned: one search from mean(positive) + (mean(positive) - mean(negative))."""
+        return _similar.recommend(self, positive, negative, limit=limit, filter=filter)
+
+    def outliers(self, limit: int = 20, *, k: int = 10,
+                 filter: ColumnExpressionArgument[bool] | None = None) -> Select[ModelT, float]:
+        """(Model, score) rows farthest from their k nearest rows, most anomalous first."""
+        return _outliers.outliers(self, limit, k=k, filter=filter)
+
+    def duplicates(self, threshold: float = 0.95, *, filter: ColumnExpressionArgument[bool] | None = None,
+                   session: Bind = None) -> list[DuplicateGroup[Any]]:
+        """Groups of near-copies (keys, and each pair's similarity), largest first."""
+        return _duplicates.duplicates(self, threshold, filter=filter, session=session)
+
+    async def aduplicates(self, threshold: float = 0.95, *, filter: ColumnExpressionArgument[bool] | None = None,
+                          session: AsyncSession | AsyncConnection | AsyncEngine | None = None) -> list[DuplicateGroup[Any]]:
+        return await run_async(self, session, lambda bind: _duplicates.duplicates(self, threshold, filter=filter,
+                                                                                  session=bind))
+
+    def classify(self, rows_or_texts: Sequence[Any] | str, *, label: Any, k: int = 10,
+                 session: Bind = None) -> list[Prediction]:
+        """Per input (row, key or text): (label, confidence) from its k nearest labelled rows."""
+        return _classify.classify(self, rows_or_texts, label=label, k=k, session=session)
+
+    async def aclassify(self, rows_or_texts: Sequence[Any] | str, *, label: Any, k: int = 10,
+                        session: AsyncSession | AsyncConnection | AsyncEngine | None = None) -> list[Prediction]:
+        return await run_async(self, session, lambda bind: _classify.classify(self, rows_or_texts, label=label, k=k,
+                                                                              session=bind))
+
+    def classifier(self, *, label: Any, session: Bind = None) -> EmbeddingClassifier:
+        """A logistic regression (scikit-learn) fitted on the labelled rows' vectors, with its
+        cross-validated accuracy; predict(rows_or_texts) and predict_proba(rows_or_texts)."""
+        return _classify.classifier(self, label=label, session=session)
+
+    async def aclassifier(self, *, label: Any,
+                          session: AsyncSession | AsyncConnection | AsyncEngine | None = None) -> EmbeddingClassifier:
+        return await run_async(self, session, lambda bind: _classify.classifier(self, label=label, session=bind))
+
+    def clusters(self, k: int | None = 20, *, method: str = "kmeans",
+                 filter: ColumnExpressionArgument[bool] | None = None, session: Bind = None,
+                 table: str | None = None, **options: Any) -> Clusters:
+        """Clusters of the rows ("kmeans" with k clusters, or "hdbscan"), each with its keys, size,
+        central rows and keywords; table= writes the assignment (key columns, cluster) for SQL."""
+        return _clusters.clusters(self, k, method=method, filter=filter, session=session, table=table, **options)
+
+    async def aclusters(self, k: int | None = 20, *, method: str = "kmeans",
+                        filter: ColumnExpressionArgument[bool] | None = None,
+                        session: AsyncSession | AsyncConnection | AsyncEngine | None = None,
+                        table: str | None = None, **options: Any) -> Clusters:
+        return await run_async(self, session, lambda bind: _clusters.clusters(
+            self, k, method=method, filter=filter, session=bind, table=table, **options))
 
 
 @event.listens_for(Mapper, "instrument_class")

@@ -21,12 +21,13 @@ import psycopg
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import Connection, Engine, Float, Integer, Select, Text, and_, cast, column, event, func, literal, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from typing_extensions import Unpack
 
+from .declared import declared_search_indexes
 from .embedder import encode_queries, get_embedder
 from .errors import EmbedderUnavailable, InvalidQuery, NotInstalled
-from .options import (DEFAULT_FUSION, DEFAULT_KEYWORD_CANDIDATES, DEFAULT_SEMANTIC_CANDIDATES, DEFAULT_KEYWORD_WEIGHT, DEFAULT_RRF_K, DEFAULT_SEMANTIC_WEIGHT,
+from .options import (DEFAULT_FUSION, DEFAULT_MODEL, DEFAULT_KEYWORD_CANDIDATES, DEFAULT_SEMANTIC_CANDIDATES, DEFAULT_KEYWORD_WEIGHT, DEFAULT_RRF_K, DEFAULT_SEMANTIC_WEIGHT,
                       FUSIONS, KEYWORD_SYNTAXES, MAX_QUERY_CHARS, MAX_RESULTS)
 
 if TYPE_CHECKING:
@@ -105,6 +106,19 @@ def serving_model(index: SearchIndex[Any]) -> tuple[str, int | None]:
     return model, dimensions
 
 
+def engine_for(index: SearchIndex[Any]) -> Engine:
+    """The engine of this process whose database has the index (for the uses that run statements
+    themselves: duplicates, classify, clusters), when the caller gives no session."""
+    for engine in list(_engines):
+        try:
+            _read_serving(engine, index.name)
+        except Exception:  # not this engine's database (or it is down)
+            continue
+        return engine
+    raise InvalidQuery(f"no engine of this process has connected to a database with search index {index.name!r}: "
+                       "pass session= (a Session, Connection or Engine)")
+
+
 def embed_query(index: SearchIndex[Any], query: str) -> npt.NDArray[np.float32]:
     """The query's embedding by the model the index serves (loads the model on first use)."""
     return embed_for_search(index, query)[1]
@@ -179,28 +193,60 @@ def filter_keys(index: SearchIndex[Any],
     quotes (its plain text for integers, text and uuid), a composite key's JSON array."""
     if condition is None:
         return None
+    return func.array(select(stored_key(index)).select_from(index.table).where(condition).correlate(None)
+                      .scalar_subquery())
+
+
+def stored_key(index: SearchIndex[Any]) -> ColumnElement[str]:
+    """The key text semsearch stores for each row of the index's table (see filter_keys)."""
     keys = list(index.table.primary_key.columns)
-    key = func.jsonb_build_array(keys[0]).op("->>")(literal(0)) if len(keys) == 1 else \
-        cast(func.jsonb_build_array(*keys), Text)
-    return func.array(select(key).select_from(index.table).where(condition).correlate(None).scalar_subquery())
+    if len(keys) == 1:
+        return func.jsonb_build_array(keys[0]).op("->>")(literal(0))
+    return cast(func.jsonb_build_array(*keys), Text)
+
+
+def key_join(index: SearchIndex[Any], key: ColumnElement[Any]) -> ColumnElement[bool]:
+    """The model's row whose key text is `key`, matched through the primary key's own index."""
+    keys = list(index.table.primary_key.columns)
+    if len(keys) == 1:
+        return keys[0] == cast(key, keys[0].type)
+    values = cast(key, JSONB)
+    return and_(*(c == cast(values[i].astext, c.type) for i, c in enumerate(keys)))
 
 
 def _rank(index: SearchIndex[ModelT], results: TableValuedAlias, limit: int,
-          *extra: ColumnElement[Any]) -> Select[ModelT, float, Unpack[tuple[Any, ...]]]:
-    """Join the function's keys to the model's rows (any primary key: see sql/keys.sql)."""
-    keys = list(index.table.primary_key.columns)
-    if len(keys) == 1:
-        match = keys[0] == cast(results.c.key, keys[0].type)
-    else:
-        values = cast(results.c.key, JSONB)
-        match = and_(*(key == cast(values[i].astext, key.type) for i, key in enumerate(keys)))
+          *extra: ColumnElement[Any], ordered: bool = False) -> Select[ModelT, float, Unpack[tuple[Any, ...]]]:
+    """Join the function's keys to the model's rows (any primary key: see sql/keys.sql). ordered: in the
+    function's own order (its rank column), not by score."""
+    match = key_join(index, results.c.key)
+    order = [results.c.rank] if ordered else [results.c.score.desc()]
     return (
         select(type_cast("type[ModelT]", index.model_class), results.c.score.label("score"), *extra)
         .join(results, match)
         # Ties as the search functions cut them: key text, shorter first (numeric order for integer keys).
-        .order_by(results.c.score.desc(), func.length(results.c.key), results.c.key)
+        .order_by(*order, func.length(results.c.key), results.c.key)
         .limit(limit)
     )
+
+
+def _check_mmr(mmr: float | None) -> None:
+    if mmr is not None and not (isinstance(mmr, (int, float)) and not isinstance(mmr, bool) and 0 <= mmr <= 1):
+        raise InvalidQuery(f"mmr must be a number from 0 to 1 (1: relevance only, 0: diversity only), not {mmr!r}")
+
+
+def _diversified(index: SearchIndex[ModelT], results: TableValuedAlias, limit: int,
+                 mmr: float) -> Select[ModelT, float]:
+    """The search's rows re-ordered by maximal marginal relevance over the rows' vectors (semsearch.diversify)."""
+    pairs = select(func.jsonb_agg(aggregate_order_by(func.jsonb_build_array(results.c.key, results.c.score),
+                                                     results.c.score.desc(), func.length(results.c.key),
+                                                     results.c.key))).scalar_subquery()
+    chosen = func.semsearch.diversify(index.name, pairs, float(mmr), limit).table_valued(*_ARM_COLUMNS)
+    return _rank(index, chosen, limit, ordered=True)
+
+
+def mmr_depth(limit: int, candidates: int | None) -> int:
+    """Rows an MMR search chooses from: candidates, else three times the limit (30 at least)."""
+    return min(max(candidates or 0, 3 * limit, 30), MAX_RESULTS)
 
 
 _ARM_COLUMNS = (column("key", Text), column("score", Float), column("rank", Integer))
@@ -208,16 +254,20 @@ _ARM_COLUMNS = (column("key", Text), column("score", Float), column("rank", Inte
 
 def semantic(index: SearchIndex[ModelT], query: str | None = None, *, vector: npt.ArrayLike | None = None,
              limit: int = 10, candidates: int | None = None, filter: ColumnExpressionArgument[bool] | None = None,
-             query_model: str | None = None) -> Select[ModelT, float]:
+             mmr: float | None = None, query_model: str | None = None) -> Select[ModelT, float]:
     """query_model: the model that made `vector` (None for a caller's vector: the index's, or the one
-    it served just before a switch, by its dimensions)."""
+    it served just before a switch, by its dimensions). mmr: see _diversified."""
     window = _window(limit, candidates)
+    _check_mmr(mmr)
     model = query_model
     if vector is None:
         model, vector = embed_for_search(index, query)
     results = func.semsearch.semantic_search(
-        index.name, _vector_param(index, vector, model is not None), window, filter_keys(index, filter), model
+        index.name, _vector_param(index, vector, model is not None),
+        window if mmr is None else mmr_depth(limit, candidates), filter_keys(index, filter), model
     ).table_valued(*_ARM_COLUMNS)
+    if mmr is not None:
+        return _diversified(index, results, limit, mmr)
     return _rank(index, results, limit)
 
 
@@ -241,19 +291,24 @@ class HybridOptions(TypedDict, total=False):
     keyword_weight: float
     keyword_syntax: str
     filter: ColumnExpressionArgument[bool] | None
+    mmr: float | None
 
 
 def hybrid(index: SearchIndex[ModelT], query: str, *, vector: npt.ArrayLike | None = None, limit: int = 10,
            candidates: int | None = None, semantic_candidates: int | None = None,
            keyword_candidates: int | None = None, fusion: str = DEFAULT_FUSION, rrf_k: int = DEFAULT_RRF_K,
            semantic_weight: float = DEFAULT_SEMANTIC_WEIGHT, keyword_weight: float = DEFAULT_KEYWORD_WEIGHT,
-           keyword_syntax: str = "or", filter: ColumnExpressionArgument[bool] | None = None,
+           keyword_syntax: str = "or", filter: ColumnExpressionArgument[bool] | None = None, mmr: float | None = None,
            arm_scores: bool = False, query_model: str | None = None) -> Select[ModelT, float, Unpack[tuple[Any, ...]]]:
     """arm_scores=True adds each arm's rank and score to every row (semantic_rank, semantic_score,
     keyword_rank, keyword_score), to tune weights with. A rank is None where the row was not among that
     arm's own candidates (rows that score the same share a rank); with the score fusions each arm still
     scores it (keyword 0 where no query word occurs, semantic None only for a row not embedded yet).
-    With rrf, an arm's score is None too where its rank is."""
+    With rrf, an arm's score is None too where its rank is. mmr: re-ordered by maximal marginal relevance
+    (see _diversified), without arm scores."""
+    _check_mmr(mmr)
+    if mmr is not None and arm_scores:
+        raise InvalidQuery("arm_scores and mmr do not go together: MMR re-orders the fused rows")
     semantic_depth = _window(limit, semantic_candidates or candidates, DEFAULT_SEMANTIC_CANDIDATES)
     keyword_depth = _window(limit, keyword_candidates or candidates, DEFAULT_KEYWORD_CANDIDATES)
     _fusion(fusion, rrf_k, semantic_weight, keyword_weight)
@@ -263,11 +318,14 @@ def hybrid(index: SearchIndex[ModelT], query: str, *, vector: npt.ArrayLike | No
     if vector is None:
         model, vector = embed_for_search(index, query)
     results = func.semsearch.hybrid_search(
-        index.name, query, _vector_param(index, vector, model is not None), limit, None, rrf_k, semantic_weight,
+        index.name, query, _vector_param(index, vector, model is not None),
+        limit if mmr is None else mmr_depth(limit, candidates), None, rrf_k, semantic_weight,
         keyword_weight,
         keyword_syntax, filter_keys(index, filter), fusion, semantic_depth, keyword_depth, model
     ).table_valued(column("key", Text), column("score", Float), column("semantic_rank", Integer),
                    column("keyword_rank", Integer), column("semantic_score", Float), column("keyword_score", Float))
+    if mmr is not None:
+        return _diversified(index, results, limit, mmr)
     extra = [results.c.semantic_rank, results.c.semantic_score, results.c.keyword_rank,
              results.c.keyword_score] if arm_scores else []
     return _rank(index, results, limit, *extra)
@@ -279,9 +337,6 @@ def preload(*engines_or_models: Engine | AsyncEngine | str) -> None:
     each declared SearchIndex's model is then the one its database serves (during a model switch, not
     necessarily the declared one), and queries know where to ask from their first. Model names may be
     given too; with neither, the default model."""
-    from .declaration import declared_search_indexes
-    from .options import DEFAULT_MODEL
-
     models = [m for m in engines_or_models if isinstance(m, str)]
     engines = [e if isinstance(e, Engine) else e.sync_engine for e in engines_or_models if not isinstance(e, str)]
     for engine in engines:
