@@ -587,6 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("retry-failed", cmd_retry_failed, "move failed items back to the queue")
     p.add_argument("--index", metavar="NAME", help="only this index (default: every index)")
 
+    from .uses.commands import add_commands
+
+    add_commands(add)
+
     p = add("demo", cmd_demo, "index the Python standard library's docstrings and answer a few questions")
     p.add_argument("--limit", type=int, default=3000, metavar="N", help="documents to index")
 

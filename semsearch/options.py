@@ -160,6 +160,7 @@ MIN_EF_SEARCH = 100            # HNSW candidate list of the semantic arm, at lea
 KEYWORD_SYNTAXES = ("or", "websearch", "phrase", "prefix")  # see semsearch.keyword_query in sql/search.sql
 MAX_RESULTS = 10_000           # largest limit or candidates a search accepts
 MAX_QUERY_CHARS = 10_000       # a longer query text is cut to this length
+OUTLIER_SUSPECTS = 0.05       # share of rows outliers() scores again without each other as neighbours
 MAX_SCAN_TUPLES = 1_000_000    # most HNSW tuples a filtered (row-level security) semantic arm visits
 SCAN_MEM_MULTIPLIER = 10       # ... and the memory it may use for that, in multiples of work_mem
 DDL_LOCK_TIMEOUT = "5s"        # longest wait for a lock on an application table
@@ -178,5 +179,5 @@ def sql_defaults() -> dict[str, Any]:
             "exact_filter_keys": EXACT_FILTER_KEYS,
             "min_ef_search": MIN_EF_SEARCH, "ddl_lock_timeout": DDL_LOCK_TIMEOUT,
             "max_results": MAX_RESULTS, "max_query_chars": MAX_QUERY_CHARS, "max_scan_tuples": MAX_SCAN_TUPLES,
-            "scan_mem_multiplier": SCAN_MEM_MULTIPLIER,
+            "scan_mem_multiplier": SCAN_MEM_MULTIPLIER, "outlier_suspects": OUTLIER_SUSPECTS,
             "known_dimensions": json.dumps(KNOWN_DIMENSIONS), "known_chunk_tokens": json.dumps(KNOWN_CHUNK_TOKENS)}

@@ -102,7 +102,7 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE SET search_path = pg_catalog, pg_
                                  -- uses.sql
                                  'document_vectors_sql', 'document_vectors', 'row_vectors', 'mmr_order', 'diversify',
                                  'passages', 'highlight', 'similar', 'recommend_vector', 'recommend', 'probe_keys', 'neighbours_sql',
-                                 'row_count', 'near_duplicates', 'outliers', 'row_vectors_of', 'row_terms', 'row_snippets']
+                                 'row_count', 'near_duplicates', 'knn_distances', 'outliers', 'row_vectors_of', 'row_terms', 'row_snippets']
            ELSE ARRAY['read_source', 'backfill_step', 'lock_for_batch', 'source_visibility_problem', 'refresh_index',
                       'lookup_index', 'index_status', 'request_backfill', 'request_backfill_by_id', 'record_model_revision', 'index_keywords',
                       'refresh_keyword_stats', 'batch_versions', 'build_walk', 'build_walked', 'build_index',

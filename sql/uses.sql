@@ -33,7 +33,11 @@ BEGIN
         RETURN;
     END IF;
     IF missing IS NOT NULL THEN
-        EXECUTE format('SELECT semsearch.%I($1)', 'visible_' || ix.name) INTO exists_ USING missing;
+        BEGIN
+            EXECUTE format('SELECT semsearch.%I($1)', 'visible_' || ix.name) INTO exists_ USING missing;
+        EXCEPTION WHEN data_exception THEN  -- not even of the key's type ('abc' for an integer key)
+            exists_ := false;
+        END;
     END IF;
     IF coalesce(exists_, false) THEN
         RAISE EXCEPTION 'semsearch index "%": row % has no embedding yet', ix.name, missing
@@ -296,18 +300,20 @@ RETURNS text[] LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $
 $$;
 
 -- Each probed row's nearest other rows ($1 = probed keys, NULL: every row; $2 = chunk rows an HNSW scan
--- reads from the row's vector; $3 = filter keys): (probe, key, cosine similarity of the two row vectors);
--- a probe that found no other row has one row of NULLs.
-CREATE OR REPLACE FUNCTION semsearch.neighbours_sql(ix semsearch.indexes, probed boolean, filtered boolean)
+-- reads from the row's vector; $3 = filter keys; $5 = rows that may not be neighbours): (probe, key,
+-- cosine similarity of the two row vectors); a probe that found no other row has one row of NULLs.
+CREATE OR REPLACE FUNCTION semsearch.neighbours_sql(ix semsearch.indexes, probed boolean, filtered boolean,
+    excluding boolean DEFAULT false)
 RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format(
         'WITH d AS MATERIALIZED (%1$s) '
         'SELECT d.key AS probe, x.key, (1 - (d.embedding OPERATOR(%2$s.<=>) '
         '       (SELECT %2$s.avg(t.embedding::%2$s.vector) FROM semsearch.%3$I t WHERE t.key = x.key)))::float8 AS similarity '
-        '  FROM d LEFT JOIN LATERAL (SELECT DISTINCT s.key FROM (SELECT s.key FROM semsearch.%3$I s %4$s '
+        '  FROM d LEFT JOIN LATERAL (SELECT DISTINCT s.key FROM (SELECT s.key FROM semsearch.%3$I s WHERE true %4$s %6$s '
         '       ORDER BY s.embedding %5$s d.embedding LIMIT $2) s WHERE s.key <> d.key) x ON true',
         semsearch.document_vectors_sql(ix, probed), semsearch.vector_schema(), ix.store_table,
-        CASE WHEN filtered THEN 'WHERE s.key = ANY($3)' ELSE '' END, semsearch.distance_operator(ix.distance))
+        CASE WHEN filtered THEN 'AND s.key = ANY($3)' ELSE '' END, semsearch.distance_operator(ix.distance),
+        CASE WHEN excluding THEN 'AND s.key <> ALL($5)' ELSE '' END)
 $$;
 
 -- Rows in the store the caller can read (within filter_keys), counted once per row.
@@ -367,23 +373,55 @@ BEGIN
      GROUP BY u.a, u.b ORDER BY 3 DESC, length(u.a), u.a, length(u.b), u.b;
 END $$;
 
--- The rows farthest from their k nearest other rows (k-nearest-neighbour distance, the usual
--- anomaly score): score = mean cosine distance of the row vector to those k rows' vectors, highest
--- first. Each probed row's neighbourhood is read through the HNSW index.
-CREATE OR REPLACE FUNCTION semsearch.outliers(index_name text, n integer DEFAULT 20, k integer DEFAULT 10,
-    filter_keys text[] DEFAULT NULL, probe_keys text[] DEFAULT NULL)
-RETURNS TABLE (key text, score float8) ROWS 20 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
+-- Each probed row's mean cosine distance to its k nearest other rows (rows in `excluded` do not count
+-- as neighbours), through the HNSW index: deeper scans for the rows that found fewer than k.
+CREATE OR REPLACE FUNCTION semsearch.knn_distances(ix semsearch.indexes, probe text[], k integer,
+    filter_keys text[], excluded text[], total bigint)
+RETURNS TABLE (key text, score float8) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    ix      semsearch.indexes := semsearch.lookup_index(index_name);
-    probe   text[] := semsearch.probe_keys(probe_keys, filter_keys);
-    reading integer;
-    total   bigint;
+    reading integer := 2 * semsearch.chunk_rows(ix, k + 1 + coalesce(cardinality(excluded), 0));
     keys    text[] := '{}';
     scores  float8[] := '{}';
     p       text[];
     sc      float8[];
     again   text[];
+BEGIN
+    LOOP
+        PERFORM semsearch.cover_ef_search(reading);
+        EXECUTE 'WITH r AS MATERIALIZED (SELECT probe, similarity, row_number() OVER (PARTITION BY probe ORDER BY similarity DESC NULLS LAST) AS nth '
+                '                          FROM (' || semsearch.neighbours_sql(ix, probe IS NOT NULL, filter_keys IS NOT NULL,
+                                                                               excluded IS NOT NULL) || ') x), '
+                '     full_ AS (SELECT probe, avg(1 - similarity) AS score FROM r WHERE nth <= $4 GROUP BY probe HAVING count(similarity) >= $4) '
+                'SELECT (SELECT array_agg(probe) FROM full_), (SELECT array_agg(score) FROM full_), '
+                '       (SELECT array_agg(DISTINCT probe) FROM r WHERE probe NOT IN (SELECT probe FROM full_))'
+            INTO p, sc, again USING probe, reading, filter_keys, k, excluded;
+        keys := keys || coalesce(p, '{}');
+        scores := scores || coalesce(sc, '{}');
+        EXIT WHEN again IS NULL OR reading::float8 > total * 4 OR reading > 2147483647 / 4;
+        probe := again;
+        reading := reading * 4;
+    END LOOP;
+    RETURN QUERY SELECT * FROM unnest(keys, scores);
+END $$;
+
+-- The rows farthest from their k nearest other rows (k-nearest-neighbour distance, the usual anomaly
+-- score): score = mean cosine distance of the row vector to those k rows' vectors, highest first.
+-- Odd rows must not vouch for each other (ten recipes among abstracts are each other's nearest rows),
+-- so the {{outlier_suspects}} of rows that score highest are scored again with none of them as
+-- neighbours. probe_keys (a caller working in batches) scores only those rows, in one pass, with
+-- excluded_keys not counted as neighbours: the caller then runs the second pass itself.
+CREATE OR REPLACE FUNCTION semsearch.outliers(index_name text, n integer DEFAULT 20, k integer DEFAULT 10,
+    filter_keys text[] DEFAULT NULL, probe_keys text[] DEFAULT NULL, excluded_keys text[] DEFAULT NULL)
+RETURNS TABLE (key text, score float8) ROWS 20 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    ix       semsearch.indexes := semsearch.lookup_index(index_name);
+    total    bigint;
+    keys     text[];
+    scores   float8[];
+    suspects text[];
+    again_k  text[];
+    again_s  float8[];
 BEGIN
     PERFORM semsearch.check_search_args(n);
     total := semsearch.row_count(ix, filter_keys);
@@ -391,21 +429,19 @@ BEGIN
         RAISE EXCEPTION 'k must be from 1 to the number of other rows (%), not %', greatest(total - 1, 0), k
             USING ERRCODE = 'data_exception', HINT = 'k is how many nearest rows a row is compared with; 10 is usual.';
     END IF;
-    reading := 2 * semsearch.chunk_rows(ix, k + 1);
-    LOOP
-        PERFORM semsearch.cover_ef_search(reading);
-        EXECUTE 'WITH r AS MATERIALIZED (SELECT probe, similarity, row_number() OVER (PARTITION BY probe ORDER BY similarity DESC NULLS LAST) AS nth '
-                '                          FROM (' || semsearch.neighbours_sql(ix, probe IS NOT NULL, filter_keys IS NOT NULL) || ') x), '
-                '     full_ AS (SELECT probe, avg(1 - similarity) AS score FROM r WHERE nth <= $4 GROUP BY probe HAVING count(similarity) >= $4) '
-                'SELECT (SELECT array_agg(probe) FROM full_), (SELECT array_agg(score) FROM full_), '
-                '       (SELECT array_agg(DISTINCT probe) FROM r WHERE probe NOT IN (SELECT probe FROM full_))'
-            INTO p, sc, again USING probe, reading, filter_keys, k;
-        keys := keys || coalesce(p, '{}');
-        scores := scores || coalesce(sc, '{}');
-        EXIT WHEN again IS NULL OR reading::float8 > total * 4 OR reading > 2147483647 / 4;
-        probe := again;
-        reading := reading * 4;
-    END LOOP;
+    SELECT array_agg(d.key), array_agg(d.score) INTO keys, scores
+      FROM semsearch.knn_distances(ix, semsearch.probe_keys(probe_keys, filter_keys), k, filter_keys, excluded_keys, total) d;
+    IF probe_keys IS NULL THEN
+        SELECT array_agg(u.k ORDER BY u.s DESC, length(u.k), u.k) INTO suspects
+          FROM (SELECT u.k, u.s FROM unnest(keys, scores) u(k, s)
+                 ORDER BY u.s DESC, length(u.k), u.k LIMIT greatest(ceil(total * {{outlier_suspects}}), n)) u;
+        IF total - cardinality(suspects) > k THEN
+            SELECT array_agg(d.key), array_agg(d.score) INTO again_k, again_s
+              FROM semsearch.knn_distances(ix, suspects, k, filter_keys, suspects, total) d;
+            SELECT array_agg(u.k), array_agg(coalesce(a.s, u.s)) INTO keys, scores
+              FROM unnest(keys, scores) u(k, s) LEFT JOIN unnest(again_k, again_s) a(k, s) ON a.k = u.k;
+        END IF;
+    END IF;
     RETURN QUERY SELECT u.k, u.s FROM unnest(keys, scores) u(k, s) ORDER BY u.s DESC, length(u.k), u.k LIMIT n;
 END $$;
 

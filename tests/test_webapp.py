@@ -133,6 +133,23 @@ def test_search_page_in_headless_chromium(server, page, tmp_path):
     argparse = page.locator("li.result", has=page.locator(".name", has_text=re.compile("^argparse$")))
     assert "command-line" in argparse.locator(".snippet").inner_text()
 
+    # Snippets mark the query's words, stems included ("options" marks "option" too), and nothing else.
+    search(page, "parsing options", "keyword")
+    marks = [m.inner_text().lower() for m in page.locator(".snippet mark").all()]
+    assert marks and all(m.startswith(("pars", "option")) for m in marks), marks
+
+    # "similar" leads to the rows most like a result, from its stored vectors, without the result itself.
+    first = page.locator("li.result").first
+    name = first.locator(".name").inner_text()
+    with page.expect_navigation():
+        first.locator("a.similar").click()
+    assert re.search(r"/similar/\d+$", page.url)
+    assert name in page.locator(".summary").inner_text()
+    similar = [item.locator(".name").inner_text() for item in page.locator("li.result").all()]
+    assert len(similar) == 10 and name not in similar, similar
+    scores = [float(s.inner_text()) for s in page.locator(".score").all()]
+    assert scores == sorted(scores, reverse=True) and scores[0] < 1.0 + 1e-6
+
     # Keyword search matches words only: a word no docstring has finds nothing.
     assert search(page, "zqxjvw", "keyword") == []
     assert "No keyword results" in page.locator(".empty").inner_text()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 METHODS = ("kmeans", "hdbscan")
 MINIBATCH_ABOVE = 20_000  # rows from which KMeans runs in mini-batches
+HDBSCAN_CLUSTER_SHARE = 0.005  # HDBSCAN's default smallest cluster: this share of the rows (5 at least)
 
 
 @dataclass
@@ -88,8 +89,10 @@ def _fit(x: np.ndarray, k: int | None, method: str, min_cluster_size: int | None
     if method == "hdbscan":
         from sklearn.cluster import HDBSCAN
 
-        size = min_cluster_size or max(5, len(x) // 100)
-        return np.asarray(HDBSCAN(min_cluster_size=min(size, len(x)), metric="euclidean").fit_predict(x))
+        size = min(min_cluster_size or max(5, round(len(x) * HDBSCAN_CLUSTER_SHARE)), len(x))
+        # min_samples 3: a dense core of a few rows makes a cluster (the default, min_cluster_size, leaves
+        # most rows of embedding vectors as noise)
+        return np.asarray(HDBSCAN(min_cluster_size=max(size, 2), min_samples=min(3, size), copy=True).fit_predict(x))
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     if len(x) > MINIBATCH_ABOVE:

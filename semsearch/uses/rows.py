@@ -135,11 +135,13 @@ def vectors_of(conn: Connection, index: SearchIndex[Any], items: Sequence[Any]) 
     out = np.zeros((len(items), 0), dtype=np.float32)
     found: dict[int, np.ndarray] = {}
     if rows:
-        given = conn.execute(select(*(key_text(index, items[i]) for i in rows))).one()
-        for i, key in zip(rows, given):
-            keys[i] = key
-        stored = func.semsearch.row_vectors_of(index.name, key_texts(index, [items[i] for i in rows]))
-        vectors = dict(conn.execute(select(stored.table_valued(column("key", Text), column("embedding", Vector())))))
+        for start in range(0, len(rows), 500):  # (one column per key: a statement holds at most 1,664)
+            batch = rows[start:start + 500]
+            for i, key in zip(batch, conn.execute(select(*(key_text(index, items[i]) for i in batch))).one()):
+                keys[i] = key
+        stored = func.semsearch.row_vectors_of(index.name, text_array([k for k in keys if k is not None])).table_valued(
+            column("key", Text), column("embedding", Vector()))
+        vectors = {key: vector for key, vector in conn.execute(select(stored.c.key, stored.c.embedding))}
         found.update({i: np.asarray(vectors[keys[i]], dtype=np.float32) for i in rows})
     if texts:
         found.update(zip(texts, embed_documents(index, [items[i] for i in texts])))
