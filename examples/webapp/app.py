@@ -65,7 +65,7 @@ async def highlighted(session: AsyncSession, query: str, texts: list[str]) -> li
     """The snippets with the query's words marked (semsearch.highlight, stems included). Each is escaped
     first, so the only markup in it is the <mark> tags."""
     escaped = func.unnest(literal([str(escape(t)) for t in texts], ARRAY(Text))).table_valued(
-        column("text", Text), with_ordinality="n")
+        column("text", Text), with_ordinality="n").render_derived()
     marked = select(func.semsearch.highlight(Doc.search.name, query, escaped.c.text)).order_by(escaped.c.n)
     return [Markup(text) for text in (await session.execute(marked)).scalars()]
 
