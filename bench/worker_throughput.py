@@ -39,7 +39,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from sqlalchemy import create_engine
 
-from common import corpus, scratch_database
+from common import LookupEmbedder, corpus, scratch_database
 from search_latency import scifact_vectors
 from semsearch import IndexDefinition, IndexOptions, Worker, install
 from semsearch.database import sqlalchemy_url
@@ -184,21 +184,6 @@ class Switch:
 
     def encode(self, texts, batch_size=64):
         return self.target.encode(texts, batch_size=batch_size)
-
-
-class LookupEmbedder:
-    """Zero cost: each text starts with its row number, which picks a precomputed vector."""
-
-    revision = ""
-
-    def __init__(self, name: str, vectors: np.ndarray):
-        self.name, self.vectors, self.dimensions = name, vectors, vectors.shape[1]
-
-    def chunk(self, texts, chunk_tokens, overlap):
-        return [[t] for t in texts]
-
-    def encode(self, texts, batch_size=64):
-        return self.vectors[[int(t.split(" ", 1)[0]) for t in texts]]
 
 
 def bulk_build_vs_incremental(build_rows: int = BUILD_ROWS, base: np.ndarray | None = None) -> float:

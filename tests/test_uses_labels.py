@@ -195,3 +195,20 @@ def test_tenants_see_only_their_rows(db_url):
         with psycopg.connect(urls["tenant_b"]) as conn:
             pairs = conn.execute("SELECT key_a, key_b FROM semsearch.near_duplicates('docs_search', 0.9)").fetchall()
             assert pairs == []
+
+
+def test_a_big_group_of_copies_is_found_whole(db_url):
+    """60 copies of one text are one group with every pair, though one scan reads a few dozen rows."""
+    engine = create_engine(sqlalchemy_url(db_url))
+    Base.metadata.create_all(engine)
+    others = [d["doc"] for d in stdlib_docstrings(40)]
+    with Session(engine) as session:
+        session.add_all(Doc(id=i, name="copy", doc="Return the number of items in a container.") for i in range(1, 61))
+        session.add_all(Doc(id=100 + i, name="other", doc=text) for i, text in enumerate(others))
+        session.commit()
+    drain(db_url, timeout=300)
+    with Session(engine) as session:
+        groups = Doc.search.duplicates(0.99, session=session)
+    engine.dispose()
+    assert [sorted(g.keys) for g in groups] == [list(range(1, 61))]
+    assert len(groups[0].pairs) == 60 * 59 // 2
