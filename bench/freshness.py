@@ -25,7 +25,7 @@ from sqlalchemy import create_engine
 from common import corpus, scratch_database
 from semsearch import IndexDefinition, IndexOptions, install
 from semsearch.database import sqlalchemy_url
-from semsearch.embedder import get_embedder
+from semsearch.embedders import get_embedder
 
 COMMITS = 200
 

@@ -69,7 +69,7 @@ def scifact_vectors(corpus: list[dict]) -> np.ndarray:
     path = CACHE / f"scifact-{DEFAULT_MODEL}.npy"
     if path.exists():
         return np.load(path)
-    from semsearch.embedder import get_embedder
+    from semsearch.embedders import get_embedder
 
     print(f"embedding {len(corpus)} SciFact abstracts once (cached in {path}) ...", flush=True)
     vectors = get_embedder(DEFAULT_MODEL).encode([d["title"] + "\n\n" + d["text"] for d in corpus], batch_size=64)
@@ -177,7 +177,7 @@ def main() -> None:
     corpus, queries, qrels = load()
     corpus_json = [json.loads(line) for line in SCIFACT.open()]
     vectors = scifact_vectors(corpus_json)
-    from semsearch.embedder import get_embedder
+    from semsearch.embedders import get_embedder
 
     qids = list(queries)
     query_vectors = dict(zip(qids, get_embedder(DEFAULT_MODEL).encode([queries[q] for q in qids])))

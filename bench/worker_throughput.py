@@ -43,7 +43,7 @@ from common import LookupEmbedder, corpus, scratch_database
 from search_latency import scifact_vectors
 from semsearch import IndexDefinition, IndexOptions, Worker, install
 from semsearch.database import sqlalchemy_url
-from semsearch.embedder import get_embedder
+from semsearch.embedders import get_embedder
 
 DOCS = 640
 BATCH = 64

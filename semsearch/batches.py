@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 from pgvector import HalfVector
 
-from .embedder import Embedder, content_hash, model_id
+from .embedders import Embedder, content_hash, model_id
 from .errors import EmbedderUnavailable, ModelUnavailable
 from .registry import BatchVersions, IndexSpec, RegistryChanged, Version
 

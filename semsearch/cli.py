@@ -15,22 +15,15 @@ from .options import DEFAULT_FUSION, FUSIONS, MAX_RESULTS
 
 
 def _url(args) -> str:
-    """The one database of a command that serves one."""
-    from .database import database_url, libpq_url
+    from .database import command_url
 
-    if args.url and len(args.url) > 1:
-        raise SemsearchError(f"`semsearch {args.command}` works on one database: give --url once "
-                             "(`worker` and `status` take several)")
-    return libpq_url(args.url[0]) if args.url else database_url()
+    return command_url(args.url, args.command)
 
 
 def _urls(args) -> list[str]:
-    """The databases of `worker` and `status`: every --url, else SEMSEARCH_DATABASE_URLS (separated by
-    spaces), else the one database every command uses."""
-    from .database import database_url, libpq_url
+    from .database import command_urls
 
-    urls = args.url or os.environ.get("SEMSEARCH_DATABASE_URLS", "").split()
-    return list(dict.fromkeys(libpq_url(u) for u in urls)) or [database_url()]
+    return command_urls(args.url)
 
 
 def _connect_installed(args):
@@ -213,7 +206,7 @@ def cmd_search(args) -> None:
     from pgvector.psycopg import register_vector
     from psycopg import sql
 
-    from .embedder import encode_queries, get_embedder
+    from .embedders import encode_queries, get_embedder
     from .query import clean_query
 
     args.query = clean_query(args.query)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 
 from .embedded_watch import forget_dead_users, note_start_time, start_watchdog
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, SemsearchError
 
 _embedded_servers: dict[Path, object] = {}
 # Each one leaves the server for this process if it ends without its atexit handlers. Kept, not waited
@@ -85,6 +85,21 @@ def database_url() -> str:
     """The database every semsearch entry point uses (libpq form)."""
     url = os.environ.get("SEMSEARCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
     return libpq_url(url) if url else start_embedded()
+
+
+def command_url(urls: list[str] | None, command: str) -> str:
+    """The one database of a command that serves one: its --url, else database_url()."""
+    if urls and len(urls) > 1:
+        raise SemsearchError(f"`semsearch {command}` works on one database: give --url once "
+                             "(`worker` and `status` take several)")
+    return libpq_url(urls[0]) if urls else database_url()
+
+
+def command_urls(urls: list[str] | None) -> list[str]:
+    """The databases of `worker` and `status`: every --url, else SEMSEARCH_DATABASE_URLS (separated by
+    spaces), else the one database every command uses."""
+    urls = urls or os.environ.get("SEMSEARCH_DATABASE_URLS", "").split()
+    return list(dict.fromkeys(libpq_url(u) for u in urls)) or [database_url()]
 
 
 def connect(url: str | None = None, **kwargs) -> psycopg.Connection:

@@ -22,6 +22,7 @@ from typing_extensions import TypeVar, Unpack
 
 from .ddl import CreateSearchIndex, DropSearchIndex
 from .declared import remember
+from .embedders import with_model_dimensions
 from .errors import NotInstalled
 from .options import IndexOptions
 from .query import HybridOptions, embed_for_search_async, embed_query, hybrid, keyword, semantic
@@ -66,7 +67,7 @@ class IndexDefinition:
             raise ValueError("a search index needs at least one column name, e.g. SearchIndex('title', 'body')")
 
     def create_ddl(self) -> CreateSearchIndex:
-        return CreateSearchIndex(self.name, self.table, self.columns, self.schema, self.options.with_dimensions())
+        return CreateSearchIndex(self.name, self.table, self.columns, self.schema, with_model_dimensions(self.options))
 
     def create(self, connection: Connection) -> None:
         connection.execute(self.create_ddl())

@@ -9,7 +9,7 @@ from typing import Callable
 
 import psycopg
 
-from .embedder import Embedder, forget_embedder
+from .embedders import Embedder, forget_embedder
 from .errors import ModelUnavailable, server_message
 from .registry import IndexSpec, IndexUnusable, Version
 from .versions import BUILD_PROBLEM_RETRY_SECONDS

@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from .ddl import AlterSearchIndex, DropSearchIndex, install_steps
 from .declaration import IndexDefinition, declared_indexes
+from .embedders import with_model_dimensions
 from .options import ALTERABLE, VERSIONED, IndexOptions
 
 SEMSEARCH_SCHEMA = "semsearch"
@@ -202,7 +203,7 @@ def _registry(connection) -> dict[str, IndexDefinition]:
 
 
 def _create_op(d: IndexDefinition) -> CreateSearchIndexOp:
-    return CreateSearchIndexOp(d.name, d.table, d.columns, schema=d.schema, **d.options.with_dimensions().as_dict())
+    return CreateSearchIndexOp(d.name, d.table, d.columns, schema=d.schema, **with_model_dimensions(d.options).as_dict())
 
 
 @comparators.dispatch_for("schema", priority=DispatchPriority.LAST)  # after tables: a new table comes first
@@ -221,7 +222,7 @@ def _compare_search_indexes(autogen_context, upgrade_ops, schemas) -> None:
         if have is None:
             upgrade_ops.ops.append(_create_op(wanted))
             continue
-        wanted_options, have_options = wanted.options.with_dimensions(), have.options
+        wanted_options, have_options = with_model_dimensions(wanted.options), have.options
         if (wanted.table, wanted.schema) != (have.table, have.schema):
             upgrade_ops.ops.append(DropSearchIndexOp(name, _reverse=_create_op(have)))
             upgrade_ops.ops.append(_create_op(wanted))

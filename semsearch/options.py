@@ -6,12 +6,10 @@ can never disagree.
 """
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .errors import SemsearchError
+from .model_specs import check_model_spec
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 KNOWN_DIMENSIONS = {DEFAULT_MODEL: 384, "sentence-transformers/all-MiniLM-L6-v2": 384, f"onnx:{DEFAULT_MODEL}": 384}
@@ -21,31 +19,6 @@ KNOWN_DIMENSIONS = {DEFAULT_MODEL: 384, "sentence-transformers/all-MiniLM-L6-v2"
 KNOWN_CHUNK_TOKENS = {DEFAULT_MODEL: 128, "sentence-transformers/all-MiniLM-L6-v2": 128, f"onnx:{DEFAULT_MODEL}": 128}
 DISTANCES = ("cosine", "l2", "inner_product")
 STORAGES = ("vector", "halfvec")  # the store's vector type: float4 or float2 (pgvector's halfvec)
-
-
-_SPEC_PREFIX = re.compile(r"[A-Za-z][\w.+-]+:")  # two letters or more: "C:" is a drive, not an embedder
-
-
-def check_model_spec(model: str) -> None:
-    """Refuse a model spec that no embedder can load when it is declared, not when a worker first tries:
-    an OpenAI-compatible server's spec is parsed, and an unknown `word:` prefix is a typo, not a model."""
-    if not isinstance(model, str) or not model.strip():
-        raise ValueError("model must name a sentence-transformers model or folder, onnx:<model> or "
-                         "openai:<model>[@<base URL>]")
-    if model.startswith("openai:"):
-        from .http_embedder import parse_spec
-
-        try:
-            parse_spec(model)
-        except SemsearchError as exc:
-            raise ValueError(str(exc)) from None
-    elif model.startswith("onnx:"):
-        if not model[len("onnx:"):].strip():
-            raise ValueError(f"model {model!r} names no model: write onnx:<sentence-transformers model or folder>")
-    elif (prefix := _SPEC_PREFIX.match(model)) and not os.path.exists(os.path.expanduser(model)):
-        raise ValueError(f"model {model!r}: no embedder is called {prefix.group()!r}; write openai:<model>[@<base URL>] "
-                         "for an OpenAI-compatible server, onnx:<model> for ONNX Runtime, or a sentence-transformers "
-                         "model name or folder")
 
 
 @dataclass(frozen=True)
@@ -107,14 +80,6 @@ class IndexOptions:
         elif known and self.dimensions != known:
             raise ValueError(f"model {self.model!r} makes {known}-dimensional vectors, not {self.dimensions}: "
                              "leave dimensions out for a known model")
-
-    def with_dimensions(self) -> "IndexOptions":
-        """These options with the model's dimensions filled in (loads the model only if it is unknown)."""
-        if self.dimensions is not None:
-            return self
-        from .embedder import get_embedder
-
-        return IndexOptions(**{**asdict(self), "dimensions": get_embedder(self.model).dimensions})
 
     def check_weights(self, columns: list[str]) -> None:
         """weights must name the index's columns and leave at least one column weighing more than 0."""

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from typing_extensions import Unpack
 
 from .declared import declared_search_indexes
-from .embedder import encode_queries, get_embedder
+from .embedders import encode_queries, get_embedder
 from .errors import EmbedderUnavailable, InvalidQuery, NotInstalled
 from .options import (DEFAULT_FUSION, DEFAULT_MODEL, DEFAULT_KEYWORD_CANDIDATES, DEFAULT_SEMANTIC_CANDIDATES, DEFAULT_KEYWORD_WEIGHT, DEFAULT_RRF_K, DEFAULT_SEMANTIC_WEIGHT,
                       FUSIONS, KEYWORD_SYNTAXES, MAX_QUERY_CHARS, MAX_RESULTS)

@@ -1,5 +1,5 @@
 """Workers run as a process runs them (`semsearch worker`, the demo): one Worker per database, all
-sharing each loaded model (semsearch.embedder's cache), SIGTERM/SIGINT handling, a progress bar while
+sharing each loaded model (semsearch.embedders' cache), SIGTERM/SIGINT handling, a progress bar while
 draining, and an exit status that scripts can test.
 
 Each database gets its own thread, so each gets its turns whatever the others hold in their queues;

@@ -17,7 +17,7 @@ import time
 import psycopg
 
 from .batches import Item
-from .embedder import Embedder, forget_embedder
+from .embedders import Embedder, forget_embedder
 from .registry import BatchVersions, IndexUnusable, RegistryChanged
 
 log = logging.getLogger("semsearch.worker")

@@ -27,7 +27,7 @@ from psycopg.rows import namedtuple_row
 
 from .batches import BatchWriter
 from .database import connect, database_url
-from .embedder import Embedder, get_embedder
+from .embedders import Embedder, get_embedder
 from .errors import DatabaseUnavailable, EmbedderUnavailable, ModelUnavailable, SemsearchError, UnknownIndex, server_message
 from .index_models import IndexModels
 from .registry import IndexSpec, IndexUnusable, RegistryChanged, load_indexes

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from semsearch.embedder import get_embedder  # noqa: E402
+from semsearch.embedders import get_embedder  # noqa: E402
 
 model = get_embedder("all-MiniLM-L6-v2")
 faults: list[dict] = []

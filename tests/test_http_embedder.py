@@ -22,7 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from semsearch import SearchIndex, Worker
 from semsearch.database import sqlalchemy_url
-from semsearch.embedder import forget_embedder, get_embedder
+from semsearch.embedders import forget_embedder, get_embedder
 
 SERVER = Path(__file__).resolve().parent / "embedding_server.py"
 def free_port() -> int:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from semsearch import SearchIndex
 from semsearch.database import sqlalchemy_url
-from semsearch.embedder import model_revision, resolve_model_path
+from semsearch.embedders import model_revision, resolve_model_path
 
 
 def drain_command(db_url):

@@ -12,7 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from semsearch import SearchIndex
 from semsearch.database import sqlalchemy_url
-from semsearch.embedder import forget_embedder, get_embedder
+from semsearch.embedders import forget_embedder, get_embedder
 
 NOTES = ["The printer jams on double-sided pages.", "The VPN drops every hour when working from home.",
          "I cannot reset my password: the email never arrives.", "My laptop battery drains in two hours.",

@@ -37,7 +37,7 @@ started = time.monotonic()
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import semsearch
-from semsearch.embedder import encode_queries, get_embedder
+from semsearch.embedders import encode_queries, get_embedder
 
 
 class Base(DeclarativeBase):

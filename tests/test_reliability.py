@@ -15,7 +15,7 @@ from psycopg.rows import namedtuple_row
 from semsearch import Worker
 from semsearch.registry import load_indexes
 from semsearch.worker import WORKER_APPLICATION
-from semsearch.embedder import content_hash
+from semsearch.embedders import content_hash
 from semsearch.options import KNOWN_CHUNK_TOKENS
 
 from .helpers import drain, queue_keys, store_rows

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from semsearch import SemsearchError
-from semsearch.embedder import get_embedder
+from semsearch.embedders import get_embedder
 
 from .helpers import drain
 from .models import Article, Base, Tag

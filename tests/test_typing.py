@@ -49,6 +49,23 @@ APPLICATION = textwrap.dedent('''
         return found
 
 
+    def beyond_search(session: Session) -> None:
+        passages = Article.search.passages("parse options", limit=3, highlight=True, per_document=1)
+        assert_type(passages, Select[Article, str, float, int, int | None, int | None])
+        for article, passage, score, chunk_index, start, end in session.execute(passages):
+            assert_type(passage, str)
+            assert_type(start, int | None)
+        assert_type(Article.search.similar(1, limit=5), Select[Article, float])
+        assert_type(Article.search.recommend([1, 2], [3]), Select[Article, float])
+        assert_type(Article.search.outliers(20, k=10), Select[Article, float])
+        for group in Article.search.duplicates(0.95, session=session):
+            print(group.keys, group.pairs)
+        for cluster in Article.search.clusters(5, session=session):
+            print(cluster.size, cluster.keywords)
+        model = Article.search.classifier(label=Article.tenant_id, session=session)
+        print(model.predict(["some text"]), model.accuracy)
+
+
     async def asearch(session: AsyncSession) -> list[tuple[Article, float]]:
         hybrid = await Article.search.ahybrid("parse options", semantic_weight=2.0)
         assert_type(hybrid, Select[Article, float])

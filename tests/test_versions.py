@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from semsearch import SearchIndex
 from semsearch.database import sqlalchemy_url
-from semsearch.embedder import get_embedder, model_id
+from semsearch.embedders import get_embedder, model_id
 from semsearch.query import serving_model
 
 WORDS = ("glacier", "volcano", "reef", "desert", "tundra", "canyon", "delta", "prairie", "fjord", "atoll")
@@ -37,7 +37,7 @@ def projected_model(tmp_path_factory):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense
 
-    from semsearch.embedder import resolve_model_path
+    from semsearch.embedders import resolve_model_path
 
     folder = tmp_path_factory.mktemp("models") / "minilm-256"
     base = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device="cpu")

@@ -45,11 +45,10 @@ def add_commands(add: Callable[..., Any]) -> None:
 
 @contextmanager
 def _connection(args: Any) -> Iterator[Connection]:
-    from ..cli import _url
-    from ..database import sqlalchemy_url
+    from ..database import command_url, sqlalchemy_url
     from ..schema import require_installed
 
-    engine = create_engine(sqlalchemy_url(_url(args)))
+    engine = create_engine(sqlalchemy_url(command_url(args.url, args.command)))
     try:
         with engine.connect() as conn:
             require_installed(conn.connection.driver_connection)

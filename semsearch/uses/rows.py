@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, Text, cast, column, func, inspect, li
 from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.orm import Session
 
-from ..embedder import get_embedder
+from ..embedders import get_embedder
 from ..errors import InvalidQuery
 from ..query import engine_for, key_join, serving_model
 

@@ -1,56 +1,17 @@
-"""Embedding models: loading (offline-first), token-aware chunking, encoding."""
+"""sentence-transformers models, loaded offline first, chunked by their own tokenizer."""
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import ModelUnavailable
-from .options import DEFAULT_MODEL, KNOWN_DIMENSIONS, check_model_spec
-
-log = logging.getLogger("semsearch.embedder")
-
-CHARS_PER_TOKEN_LIMIT = 16  # no real token is longer; a chunk of n tokens holds at most 16n characters
-
-
-class Embedder(Protocol):
-    """What the worker and the queries need from a model: documents (chunks) are embedded with
-    encode, queries with encode_query; a model that wants a prompt or prefix before either (e5's
-    "query: ", nomic's "search_query: ") adds it there, so the store and the queries always agree."""
-
-    name: str
-    dimensions: int
-    revision: str  # what makes this model's vectors differ from another release of it ("" when unknown)
-
-    def chunk(self, texts: Sequence[str], chunk_tokens: int | None, overlap: int) -> list[list[str]]: ...
-
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
-
-    def encode_query(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
-
-
-def encode_queries(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
-    """Queries' embeddings; an embedder without a query side embeds them as documents."""
-    encode = getattr(embedder, "encode_query", None) or embedder.encode
-    return encode(list(texts))
-
-
-def content_hash(model: str, chunk_tokens: int | None, overlap: int, text: str) -> bytes:
-    """Identifies an embedding's input: same hash, same vectors, no need to re-embed."""
-    digest = hashlib.sha256(f"{model}\0{chunk_tokens}\0{overlap}\0".encode())
-    digest.update(text.encode("utf-8", "surrogatepass"))
-    return digest.digest()
-
-
-def model_id(embedder: Embedder) -> str:
-    """The model as the store records it with each vector (and its content hash includes): name@revision."""
-    revision = getattr(embedder, "revision", "")
-    return f"{embedder.name}@{revision}" if revision else embedder.name
+from ..errors import ModelUnavailable
+from ..options import DEFAULT_MODEL, KNOWN_DIMENSIONS
+from .base import CHARS_PER_TOKEN_LIMIT
 
 
 def model_revision(path: str) -> str:
@@ -178,41 +139,3 @@ class SentenceTransformerEmbedder:
         with self._lock:  # one encode at a time: torch already uses every core
             return encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
                           show_progress_bar=False).astype(np.float32, copy=False)
-
-
-_cache: dict[str, Embedder] = {}
-_cache_lock = threading.Lock()
-
-
-def make_embedder(spec: str) -> Embedder:
-    """The embedder an index's model spec names: `openai:<model>[@<base URL>]` for an OpenAI-compatible
-    server (semsearch.http_embedder), `onnx:<model>` for a sentence-transformers model run by ONNX
-    Runtime in int8 (semsearch.onnx_embedder), anything else a sentence-transformers model name or folder."""
-    try:
-        check_model_spec(spec)  # a spec written in SQL was never declared in Python
-    except ValueError as exc:
-        raise ModelUnavailable(str(exc)) from None
-    if spec.startswith("openai:"):
-        from .http_embedder import OpenAIEmbedder
-
-        return OpenAIEmbedder(spec)
-    if spec.startswith("onnx:"):
-        from .onnx_embedder import OnnxEmbedder
-
-        return OnnxEmbedder(spec)
-    return SentenceTransformerEmbedder(spec)
-
-
-def get_embedder(name: str = DEFAULT_MODEL) -> Embedder:
-    """One loaded copy of each model per process."""
-    with _cache_lock:
-        if name not in _cache:
-            log.info("loading embedding model %s", name)
-            _cache[name] = make_embedder(name)
-        return _cache[name]
-
-
-def forget_embedder(name: str) -> None:
-    """Drop a model from the process's cache: the next get_embedder loads (or asks) it afresh."""
-    with _cache_lock:
-        _cache.pop(name, None)

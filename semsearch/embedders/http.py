@@ -15,55 +15,16 @@ for a web app's queries, the spec's for the worker).
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Sequence
-from urllib.parse import parse_qsl, urlsplit
+from typing import Sequence
 
 import numpy as np
 
-from .errors import EmbedderMisconfigured, EmbedderUnavailable, ModelUnavailable
+from ..errors import EmbedderMisconfigured, EmbedderUnavailable, ModelUnavailable
+from ..model_specs import parse_spec
 
-SPEC_PREFIX = "openai:"
 CHARS_PER_TOKEN = 4  # the usual average for English text: this embedder has no tokenizer of the server's model
 DEFAULT_CHUNK_TOKENS = 512
 MAX_INPUTS_PER_REQUEST = 2048  # OpenAI's limit on inputs per request
-SPEC_OPTIONS = ("timeout", "max_retries", "query_prefix", "document_prefix")
-
-
-class Spec(NamedTuple):
-    model: str
-    base_url: str | None
-    timeout: float
-    max_retries: int
-    query_prefix: str
-    document_prefix: str
-
-
-def parse_spec(spec: str) -> Spec:
-    """What an `openai:` spec says."""
-    rest = spec[len(SPEC_PREFIX):]
-    model, _, base_url = rest.partition("@")
-    if not model:
-        raise ModelUnavailable(f"embedder spec {spec!r} names no model: write openai:<model>[@<base URL>]")
-    timeout, max_retries = 60.0, 5
-    if base_url:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ModelUnavailable(f"embedder spec {spec!r}: {base_url!r} is not an http(s) URL")
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        unknown = sorted(set(options) - set(SPEC_OPTIONS))
-        if unknown:
-            raise ModelUnavailable(f"embedder spec {spec!r}: unknown option {', '.join(unknown)}; "
-                                   f"the base URL's query takes {', '.join(SPEC_OPTIONS)}")
-        try:
-            timeout = float(options.get("timeout", timeout))
-            max_retries = int(options.get("max_retries", max_retries))
-        except ValueError as exc:
-            raise ModelUnavailable(f"embedder spec {spec!r}: timeout and max_retries must be numbers") from exc
-        base_url = parts._replace(query="").geturl()
-    else:
-        options = {}
-    return Spec(model, base_url or None, timeout, max_retries, options.get("query_prefix", ""),
-                options.get("document_prefix", ""))
 
 
 def _setting(variable: str, kind: type, default):

@@ -24,7 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ModelUnavailable
+from ..errors import ModelUnavailable
+from .sentence_transformers import SentenceTransformerEmbedder
 
 SPEC_PREFIX = "onnx:"
 QUANTISATION = "int8-eager"  # part of the revision: vectors of another export are other vectors
@@ -64,8 +65,6 @@ class OnnxEmbedder:
             import onnxruntime as ort
         except ImportError as exc:
             raise ModelUnavailable("onnxruntime is not installed: pip install 'semsearch[onnx]'") from exc
-        from .embedder import SentenceTransformerEmbedder
-
         self.base = SentenceTransformerEmbedder(spec[len(SPEC_PREFIX):])
         modules = {type(m).__name__: m for m in self.base.model}
         if set(modules) - {"Transformer", "Pooling", "Normalize"} or "Pooling" not in modules:
