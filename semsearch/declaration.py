@@ -262,23 +262,26 @@ class SearchIndex(Generic[ModelT]):
                                                                                   session=bind))
 
     def classify(self, rows_or_texts: Sequence[Any] | str, *, label: Any, k: int = 10,
-                 session: Bind = None) -> list[Prediction]:
+                 filter: ColumnExpressionArgument[bool] | None = None, session: Bind = None) -> list[Prediction]:
         """Per input (row, key or text): (label, confidence) from its k nearest labelled rows."""
-        return _classify.classify(self, rows_or_texts, label=label, k=k, session=session)
+        return _classify.classify(self, rows_or_texts, label=label, k=k, filter=filter, session=session)
 
     async def aclassify(self, rows_or_texts: Sequence[Any] | str, *, label: Any, k: int = 10,
+                        filter: ColumnExpressionArgument[bool] | None = None,
                         session: AsyncSession | AsyncConnection | AsyncEngine | None = None) -> list[Prediction]:
         return await run_async(self, session, lambda bind: _classify.classify(self, rows_or_texts, label=label, k=k,
-                                                                              session=bind))
+                                                                              filter=filter, session=bind))
 
-    def classifier(self, *, label: Any, session: Bind = None) -> EmbeddingClassifier:
+    def classifier(self, *, label: Any, filter: ColumnExpressionArgument[bool] | None = None,
+                   session: Bind = None) -> EmbeddingClassifier:
         """A logistic regression (scikit-learn) fitted on the labelled rows' vectors, with its
         cross-validated accuracy; predict(rows_or_texts) and predict_proba(rows_or_texts)."""
-        return _classify.classifier(self, label=label, session=session)
+        return _classify.classifier(self, label=label, filter=filter, session=session)
 
-    async def aclassifier(self, *, label: Any,
+    async def aclassifier(self, *, label: Any, filter: ColumnExpressionArgument[bool] | None = None,
                           session: AsyncSession | AsyncConnection | AsyncEngine | None = None) -> EmbeddingClassifier:
-        return await run_async(self, session, lambda bind: _classify.classifier(self, label=label, session=bind))
+        return await run_async(self, session, lambda bind: _classify.classifier(self, label=label, filter=filter,
+                                                                                session=bind))
 
     def clusters(self, k: int | None = 20, *, method: str = "kmeans",
                  filter: ColumnExpressionArgument[bool] | None = None, session: Bind = None,

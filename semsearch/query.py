@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 import weakref
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -26,7 +27,7 @@ from typing_extensions import Unpack
 
 from .declared import declared_search_indexes
 from .embedders import encode_queries, get_embedder
-from .errors import EmbedderUnavailable, InvalidQuery, NotInstalled
+from .errors import EmbedderUnavailable, InvalidQuery, NotInstalled, server_message
 from .options import (DEFAULT_FUSION, DEFAULT_MODEL, DEFAULT_KEYWORD_CANDIDATES, DEFAULT_SEMANTIC_CANDIDATES, DEFAULT_KEYWORD_WEIGHT, DEFAULT_RRF_K, DEFAULT_SEMANTIC_WEIGHT,
                       FUSIONS, KEYWORD_SYNTAXES, MAX_QUERY_CHARS, MAX_RESULTS)
 
@@ -73,6 +74,21 @@ def _explain_not_installed(context) -> None:
     if (state in _NOT_INSTALLED_ERRORS and _NOT_INSTALLED_ERRORS[state] in str(error)
             and "semsearch." in (context.statement or "")):
         raise NotInstalled.in_database(context.engine.url.database if context.engine else None) from error
+
+
+# The uses' SQL functions whose errors are about their arguments (no such row, k or threshold out of
+# range): an ORM caller gets InvalidQuery with the server's message, as for Python-side checks.
+_USES_FUNCTIONS = re.compile(r"function semsearch\.(row_vectors|recommend_vector|outliers|near_duplicates|mmr_order|"
+                             r"passages|highlight|similar|recommend|diversify)\(")
+
+
+@event.listens_for(Engine, "handle_error")
+def _uses_argument_errors(context) -> None:
+    error = context.original_exception
+    diag = getattr(error, "diag", None)
+    if (getattr(error, "sqlstate", None) in ("P0002", "22000", "22023") and diag is not None
+            and diag.context and _USES_FUNCTIONS.search(diag.context)):
+        raise InvalidQuery(server_message(error)) from error
 
 
 def _read_serving(engine: Engine, name: str) -> tuple[str, int]:

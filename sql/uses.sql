@@ -407,8 +407,8 @@ END $$;
 -- The rows farthest from their k nearest other rows (k-nearest-neighbour distance, the usual anomaly
 -- score): score = mean cosine distance of the row vector to those k rows' vectors, highest first.
 -- Odd rows must not vouch for each other (ten recipes among abstracts are each other's nearest rows),
--- so the {{outlier_suspects}} of rows that score highest are scored again with none of them as
--- neighbours. probe_keys (a caller working in batches) scores only those rows, in one pass, with
+-- so the share {{outlier_suspects}} of the rows that score highest (whatever n) are scored again with
+-- none of them as neighbours. probe_keys (a caller working in batches) scores only those rows, in one pass, with
 -- excluded_keys not counted as neighbours: the caller then runs the second pass itself.
 CREATE OR REPLACE FUNCTION semsearch.outliers(index_name text, n integer DEFAULT 20, k integer DEFAULT 10,
     filter_keys text[] DEFAULT NULL, probe_keys text[] DEFAULT NULL, excluded_keys text[] DEFAULT NULL)
@@ -434,7 +434,7 @@ BEGIN
     IF probe_keys IS NULL THEN
         SELECT array_agg(u.k ORDER BY u.s DESC, length(u.k), u.k) INTO suspects
           FROM (SELECT u.k, u.s FROM unnest(keys, scores) u(k, s)
-                 ORDER BY u.s DESC, length(u.k), u.k LIMIT greatest(ceil(total * {{outlier_suspects}}), n)) u;
+                 ORDER BY u.s DESC, length(u.k), u.k LIMIT ceil(total * {{outlier_suspects}})) u;
         IF total - cardinality(suspects) > k THEN
             SELECT array_agg(d.key), array_agg(d.score) INTO again_k, again_s
               FROM semsearch.knn_distances(ix, suspects, k, filter_keys, suspects, total) d;

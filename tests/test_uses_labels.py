@@ -68,6 +68,10 @@ def test_classify_classifier_and_clusters_against_known_groups(labelled):
         knn = Doc.search.classify(rows, label=Doc.module, k=10, session=session)
         knn_accuracy = sum(p.label == truth[i] for p, i in zip(knn, hidden)) / len(hidden)
         assert all(0 < p.confidence <= 1 for p in knn)
+        # filter= narrows the labelled rows that vote (and those a classifier learns from)
+        narrowed = Doc.search.classify(rows[:5], label=Doc.module, filter=Doc.module.in_(["numbers", "time"]),
+                                       session=session)
+        assert {p.label for p in narrowed} <= {"numbers", "time"}
         model = Doc.search.classifier(label=Doc.module, session=session)
         predicted = model.predict(rows)
         trained_accuracy = sum(p == truth[i] for p, i in zip(predicted, hidden)) / len(hidden)
@@ -96,8 +100,10 @@ def test_bad_input_says_what_to_do_and_changes_nothing(labelled):
         label: Mapped[str]
 
     with Session(engine) as session:
-        with pytest.raises(InvalidQuery, match="label must be a column of Doc"):
+        with pytest.raises(InvalidQuery, match="label must be a column of Doc .*, not Other.label"):
             Doc.search.classify(["text"], label=Other.label, session=session)
+        with pytest.raises(InvalidQuery, match="empty text"):
+            Doc.search.classify([" "], label=Doc.module, session=session)
         with pytest.raises(InvalidQuery, match="label must be a column of Doc"):
             Doc.search.classifier(label="module", session=session)
         session.execute(text("UPDATE docs SET module = NULL WHERE id > 0 AND false"))
@@ -111,7 +117,7 @@ def test_bad_input_says_what_to_do_and_changes_nothing(labelled):
             Doc.search.passages("x", mode="fuzzy")
         with pytest.raises(InvalidQuery, match="at least one positive"):
             Doc.search.recommend([])
-        with pytest.raises(Exception, match="k must be from 1 to the number of other rows"):
+        with pytest.raises(InvalidQuery, match="k must be from 1 to the number of other rows"):
             session.execute(Doc.search.outliers(k=10**6)).all()
         session.rollback()
         with pytest.raises(InvalidQuery, match="method must be"):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
-from sqlalchemy import Connection, Float, Text, column, func, select
+from sqlalchemy import Connection, Float, Text, and_, column, func, select
 from sqlalchemy.orm import Session
 
 from ..errors import InvalidQuery
@@ -16,7 +16,7 @@ from ..query import _is_int, _vector_param, filter_keys, key_join, stored_key
 from .rows import Bind, connection, embed_documents, stored_vectors, vectors_of
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement
+    from sqlalchemy import ColumnElement, ColumnExpressionArgument
 
     from ..declaration import SearchIndex
 
@@ -32,12 +32,15 @@ def label_column(index: SearchIndex[Any], label: Any) -> ColumnElement[Any]:
     table = getattr(expression, "table", None)
     if table is not index.table or expression.name not in index.table.c:
         names = ", ".join(f"{index.model_class.__name__}.{c.key}" for c in index.table.c if not c.primary_key)
-        raise InvalidQuery(f"label must be a column of {index.model_class.__name__} (one of {names}), not {label!r}")
+        given = (f"{label.class_.__name__}.{label.key}" if hasattr(label, "class_") and hasattr(label, "key")
+                 else repr(label))
+        raise InvalidQuery(f"label must be a column of {index.model_class.__name__} (one of {names}), not {given}")
     return expression
 
 
-def _labelled_keys(index: SearchIndex[Any], label: ColumnElement[Any]) -> ColumnElement[Any]:
-    keys = filter_keys(index, label.is_not(None))
+def _labelled_keys(index: SearchIndex[Any], label: ColumnElement[Any],
+                   condition: ColumnExpressionArgument[bool] | None) -> ColumnElement[Any]:
+    keys = filter_keys(index, label.is_not(None) if condition is None else and_(label.is_not(None), condition))
     assert keys is not None
     return keys
 
@@ -49,19 +52,20 @@ def _require_labels(conn: Connection, index: SearchIndex[Any], label: ColumnElem
 
 
 def classify(index: SearchIndex[Any], rows_or_texts: Sequence[Any], *, label: Any, k: int = 10,
-             session: Bind = None) -> list[Prediction]:
-    """Per input (a row, a key or a text), the label most of its k nearest labelled rows carry, each vote
-    weighted by its similarity; confidence is the winning label's share of the weight. A row is never
-    its own neighbour."""
+             filter: ColumnExpressionArgument[bool] | None = None, session: Bind = None) -> list[Prediction]:
+    """Per input (a row, a key or a text), the label most of its k nearest labelled rows (within filter=)
+    carry, each vote weighted by its similarity; confidence is the winning label's share of the weight
+    (a vote share: a text unlike every row still gets the label of the least unlike). A row is never its
+    own neighbour."""
     column_ = label_column(index, label)
     if not _is_int(k) or k < 1:
         raise InvalidQuery(f"k must be an integer of 1 or more (the labelled neighbours that vote), not {k!r}")
-    items = [rows_or_texts] if isinstance(rows_or_texts, str) else list(rows_or_texts)
+    items = _inputs(rows_or_texts)
     predictions = []
     with connection(index, session) as conn:
         _require_labels(conn, index, column_)
         vectors, keys = vectors_of(conn, index, items)
-        labelled = _labelled_keys(index, column_)
+        labelled = _labelled_keys(index, column_, filter)
         for vector, key in zip(vectors, keys):
             near = func.semsearch.semantic_search(index.name, _vector_param(index, vector), k + (key is not None),
                                                   labelled).table_valued(column("key", Text), column("score", Float))
@@ -89,7 +93,7 @@ class EmbeddingClassifier:
     session: Bind = None
 
     def _vectors(self, rows_or_texts: Sequence[Any], session: Bind) -> np.ndarray:
-        items = [rows_or_texts] if isinstance(rows_or_texts, str) else list(rows_or_texts)
+        items = _inputs(rows_or_texts)
         if all(isinstance(item, str) for item in items):  # texts need the model, not the database
             return _unit(embed_documents(self.index, items))
         with connection(self.index, session if session is not None else self.session) as conn:
@@ -103,20 +107,29 @@ class EmbeddingClassifier:
         return np.asarray(self.model.predict_proba(self._vectors(rows_or_texts, session)))
 
 
+def _inputs(rows_or_texts: Sequence[Any] | str) -> list[Any]:
+    items = [rows_or_texts] if isinstance(rows_or_texts, str) else list(rows_or_texts)
+    if any(isinstance(item, str) and not item.strip() for item in items):
+        raise InvalidQuery("an empty text has no meaning to classify: give the text, a row or its key")
+    return items
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.asarray(vectors / np.where(norms == 0, 1, norms), dtype=np.float32)
 
 
-def classifier(index: SearchIndex[Any], *, label: Any, session: Bind = None, folds: int = 5) -> EmbeddingClassifier:
-    """Fit on every labelled row the role can read, one vector per row (the mean of its chunks)."""
+def classifier(index: SearchIndex[Any], *, label: Any, filter: ColumnExpressionArgument[bool] | None = None,
+               session: Bind = None, folds: int = 5) -> EmbeddingClassifier:
+    """Fit on every labelled row the role can read (within filter=), one vector per row (the mean of its
+    chunks)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     column_ = label_column(index, label)
     with connection(index, session) as conn:
         _require_labels(conn, index, column_)
-        vectors = stored_vectors(conn, index.name, _labelled_keys(index, column_))
+        vectors = stored_vectors(conn, index.name, _labelled_keys(index, column_, filter))
         labels = dict(conn.execute(select(stored_key(index), column_).where(column_.is_not(None))).all())
     keys = [key for key in vectors if key in labels]
     y = np.asarray([labels[key] for key in keys], dtype=object)

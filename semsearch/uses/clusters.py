@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Column, Integer, MetaData, Table, Text, column, func, insert, select
+from sqlalchemy import Column, Integer, MetaData, Table, Text, column, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from ..errors import InvalidQuery
@@ -125,6 +125,7 @@ def clusters(index: SearchIndex[Any], k: int | None = 20, *, method: str = "kmea
     """Clusters of the model's primary keys. table: also (re)create that table with the model's key
     columns and `cluster`, one row per clustered row, so SQL can join it."""
     with connection(index, session, write=table is not None) as conn:
+        target = assignment_table(conn, index, table) if table is not None else None
         found = cluster_keys(conn, index.name, k, method, filter_keys(index, filter), central, keywords,
                              min_cluster_size, random_state)
         values = key_values(conn, index, list(found.assignment))
@@ -133,20 +134,33 @@ def clusters(index: SearchIndex[Any], k: int | None = 20, *, method: str = "kmea
                      c.keywords) for c in found.clusters],
             {values[x]: label for x, label in found.assignment.items() if x in values},
             [values[x] for x in found.noise if x in values])
-        if table is not None:
-            write_assignment(conn, index, table, result.assignment)
+        if target is not None:
+            write_assignment(conn, target, list(index.table.primary_key.columns), result.assignment)
     return result
 
 
-def write_assignment(conn: Connection, index: SearchIndex[Any], name: str, assignment: dict[Any, int]) -> Table:
-    """(Re)create `name` with the model's key columns and `cluster`, and fill it."""
+def assignment_table(conn: Connection, index: SearchIndex[Any], name: str) -> Table:
+    """The table clusters(table=name) writes: the model's key columns and `cluster` (-1: HDBSCAN's noise).
+    A table of that name that clusters() did not write (its comment says) is never dropped: an error."""
     keys = list(index.table.primary_key.columns)
-    target = Table(name, MetaData(), *(Column(c.name, c.type, primary_key=True) for c in keys),
-                   Column("cluster", Integer, nullable=False, index=True), schema=index.table.schema)
+    mark = f"semsearch clusters of {index.name}"
+    target = Table(name, MetaData(), *(Column(c.name, c.type, primary_key=True, autoincrement=False) for c in keys),
+                   Column("cluster", Integer, nullable=False, index=True), schema=index.table.schema,
+                   comment=mark)
+    qualified = f"{index.table.schema}.{name}" if index.table.schema else name
+    existing = conn.execute(select(func.to_regclass(literal(qualified)).cast(Text))).scalar()
+    if existing is not None:
+        comment = conn.execute(select(func.obj_description(func.to_regclass(literal(qualified)), "pg_class"))).scalar()
+        if comment != mark:
+            raise InvalidQuery(f"table {qualified} exists and clusters() did not write it: give table= a new name "
+                               "(a table clusters() wrote is replaced)")
+    return target
+
+
+def write_assignment(conn: Connection, target: Table, keys: list[Column[Any]], assignment: dict[Any, int]) -> None:
     target.drop(conn, checkfirst=True)
     target.create(conn)
     rows = [{**dict(zip((c.name for c in keys), key if len(keys) > 1 else (key,))), "cluster": label}
             for key, label in assignment.items()]
     if rows:
         conn.execute(insert(target), rows)
-    return target

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Float, Text, column, create_engine, func, sel
 from ..errors import SemsearchError
 from ..options import MAX_RESULTS, OUTLIER_SUSPECTS
 from .clusters import METHODS, cluster_keys
-from .duplicates import PROBES_PER_STATEMENT, duplicate_pairs, group_pairs
+from .duplicates import PROBES_PER_STATEMENT, check_threshold, duplicate_pairs, group_pairs
 from .rows import text_array
 
 
@@ -82,6 +82,7 @@ def cmd_similar(args: Any) -> None:
 def cmd_duplicates(args: Any) -> None:
     from ..service import progress_bar
 
+    check_threshold(args.threshold)  # (before a progress bar shows)
     with _connection(args) as conn:
         with progress_bar(0, f"probing {args.index}") as bar:
             groups = group_pairs(duplicate_pairs(conn, args.index, args.threshold, progress=bar))
@@ -119,7 +120,7 @@ def cmd_outliers(args: Any) -> None:
             return list(conn.execute(select(rows.c.key, rows.c.score)).tuples())
 
         found: dict[str, float] = {}
-        suspects = max(math.ceil(len(probes) * OUTLIER_SUSPECTS), args.limit)
+        suspects = math.ceil(len(probes) * OUTLIER_SUSPECTS)
         with progress_bar(len(probes) + suspects, f"probing {args.index}") as bar:
             for start in range(0, len(probes), PROBES_PER_STATEMENT):
                 batch = probes[start:start + PROBES_PER_STATEMENT]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, T
 
 import numpy as np
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import Connection, Engine, Text, cast, column, func, inspect, literal, select
+from sqlalchemy import Column, Connection, Engine, Text, cast, column, func, inspect, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,21 @@ def _key_tuple(index: SearchIndex[Any], row_or_key: Any) -> tuple[Any, ...]:
     if len(values) != len(keys) or any(v is None for v in values):
         raise InvalidQuery(f"{row_or_key!r} is not a row of {index.table.name} or its primary key "
                            f"({', '.join(c.name for c in keys)})")
-    return values
+    return tuple(_as_key_type(v, c) for v, c in zip(values, keys))
+
+
+def _as_key_type(value: Any, key: Column[Any]) -> Any:
+    """A key given as text ("42" for an integer key, from a URL say) as the column's type, or an error."""
+    try:
+        python_type = key.type.python_type
+    except NotImplementedError:
+        return value
+    if isinstance(value, python_type) or not isinstance(value, str):
+        return value
+    try:
+        return python_type(value)
+    except (TypeError, ValueError):
+        raise InvalidQuery(f"{value!r} is not a {key.name} of {key.table.name} ({python_type.__name__})") from None
 
 
 def key_text(index: SearchIndex[Any], row_or_key: Any) -> ColumnElement[str]:
