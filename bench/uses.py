@@ -18,6 +18,7 @@ import statistics
 import time
 
 import numpy as np
+import psycopg
 from sqlalchemy import Integer, Text, create_engine
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 
@@ -61,6 +62,14 @@ def load(url: str, models: dict[int, type], base: np.ndarray, texts: list[str]) 
             session.commit()
     Worker(url, batch_size=256, poll_interval=0.2, embedder_factory=embedders.__getitem__).run(drain=True)
     engine.dispose()
+    # Timed on the structures an application has: every store with its HNSW index, statistics current
+    # (the planner's row counts size each scan).
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        missing = conn.execute("SELECT store_table FROM semsearch.indexes i WHERE to_regclass(format('semsearch.%I', "
+                               "i.store_table || '_hnsw')) IS NULL").fetchall()
+        if missing:
+            raise SystemExit(f"no HNSW index on {missing} after the drain")
 
 
 def timed(work) -> float:

@@ -299,7 +299,9 @@ RETURNS text[] LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $
                 ELSE ARRAY(SELECT unnest(probe_keys) INTERSECT SELECT unnest(filter_keys)) END
 $$;
 
--- Each probed row's nearest other rows ($1 = probed keys, NULL: every row; $2 = chunk rows an HNSW scan
+-- Each probed row's nearest other rows, through the HNSW index: the functions that run it turn
+-- sequential scans off, since on a small store the planner would rather sort all of it for every probe
+-- (an all-pairs join: 10x slower at 5,000 rows). ($1 = probed keys, NULL: every row; $2 = chunk rows an HNSW scan
 -- reads from the row's vector; $3 = filter keys; $5 = rows that may not be neighbours): (probe, key,
 -- cosine similarity of the two row vectors); a probe that found no other row has one row of NULLs.
 CREATE OR REPLACE FUNCTION semsearch.neighbours_sql(ix semsearch.indexes, probed boolean, filtered boolean,
@@ -333,7 +335,8 @@ END $$;
 -- the scan has read the whole store: a group of many copies is found whole.
 CREATE OR REPLACE FUNCTION semsearch.near_duplicates(index_name text, threshold float8 DEFAULT 0.95,
     filter_keys text[] DEFAULT NULL, probe_keys text[] DEFAULT NULL)
-RETURNS TABLE (key_a text, key_b text, similarity float8) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS TABLE (key_a text, key_b text, similarity float8) LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 DECLARE
     ix      semsearch.indexes := semsearch.lookup_index(index_name);
     probe   text[] := semsearch.probe_keys(probe_keys, filter_keys);
@@ -377,9 +380,10 @@ END $$;
 -- as neighbours), through the HNSW index: deeper scans for the rows that found fewer than k.
 CREATE OR REPLACE FUNCTION semsearch.knn_distances(ix semsearch.indexes, probe text[], k integer,
     filter_keys text[], excluded text[], total bigint)
-RETURNS TABLE (key text, score float8) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS TABLE (key text, score float8) LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 DECLARE
-    reading integer := 2 * semsearch.chunk_rows(ix, k + 1 + coalesce(cardinality(excluded), 0));
+    reading integer := 2 * semsearch.chunk_rows(ix, k + 1);  -- (an iterative scan reads past excluded rows)
     keys    text[] := '{}';
     scores  float8[] := '{}';
     p       text[];
