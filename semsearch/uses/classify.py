@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import InvalidQuery
 from ..query import _is_int, _vector_param, filter_keys, key_join, stored_key
-from .rows import Bind, connection, embed_documents, stored_vectors, vectors_of
+from .rows import Bind, connection, embed_documents, sklearn, stored_vectors, vectors_of
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, ColumnExpressionArgument
@@ -123,6 +123,7 @@ def classifier(index: SearchIndex[Any], *, label: Any, filter: ColumnExpressionA
                session: Bind = None, folds: int = 5) -> EmbeddingClassifier:
     """Fit on every labelled row the role can read (within filter=), one vector per row (the mean of its
     chunks)."""
+    sklearn()
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 

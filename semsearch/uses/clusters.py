@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from ..errors import InvalidQuery
 from ..query import _is_int, filter_keys
-from .rows import Bind, connection, key_values, stored_vectors, text_array
+from .rows import Bind, connection, key_values, sklearn, stored_vectors, text_array
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, ColumnExpressionArgument, Connection
@@ -86,6 +86,7 @@ def cluster_keys(conn: Connection, name: str, k: int | None, method: str, keys: 
 
 
 def _fit(x: np.ndarray, k: int | None, method: str, min_cluster_size: int | None, random_state: int) -> np.ndarray:
+    sklearn()
     if method == "hdbscan":
         from sklearn.cluster import HDBSCAN
 

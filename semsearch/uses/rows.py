@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.orm import Session
 
 from ..embedders import get_embedder
-from ..errors import InvalidQuery
+from ..errors import InvalidQuery, ModelUnavailable
 from ..query import engine_for, key_join, serving_model
 
 if TYPE_CHECKING:
@@ -57,6 +57,15 @@ def key_text(index: SearchIndex[Any], row_or_key: Any) -> ColumnElement[str]:
     if len(keys) == 1:
         return func.jsonb_build_array(values[0]).op("->>")(literal(0))
     return cast(func.jsonb_build_array(*values), Text)
+
+
+def sklearn() -> Any:
+    """scikit-learn, or an error that says how to install it."""
+    try:
+        import sklearn
+    except ImportError as exc:
+        raise ModelUnavailable("classify, classifier and clusters need scikit-learn: pip install 'semsearch[uses]'") from exc
+    return sklearn
 
 
 def text_array(values: Sequence[str]) -> ColumnElement[Any]:
