@@ -126,7 +126,8 @@ def test_an_orm_search_where_semsearch_is_not_installed_says_what_to_run(db_url)
     plain.dispose()
 
 
-COMMANDS = ["install", "grant", "worker", "status", "search", "backfill", "reindex", "retry-failed", "demo", "server"]
+COMMANDS = ["install", "grant", "worker", "status", "search", "backfill", "reindex", "retry-failed", "similar", "duplicates",
+            "outliers", "clusters", "demo", "server"]
 
 
 def test_every_option_in_help_has_a_description_and_its_default():
