@@ -125,14 +125,11 @@ def serving_model(index: SearchIndex[Any]) -> tuple[str, int | None]:
 def engine_for(index: SearchIndex[Any]) -> Engine:
     """The engine of this process whose database has the index (for the uses that run statements
     themselves: duplicates, classify, clusters), when the caller gives no session."""
-    for engine in list(_engines):
-        try:
-            _read_serving(engine, index.name)
-        except Exception:  # not this engine's database (or it is down)
-            continue
-        return engine
-    raise InvalidQuery(f"no engine of this process has connected to a database with search index {index.name!r}: "
-                       "pass session= (a Session, Connection or Engine)")
+    engine = _first_serving(list(_engines), index)
+    if engine is None:
+        raise InvalidQuery(f"no engine of this process has connected to a database with search index {index.name!r}: "
+                           "pass session= (a Session, Connection or Engine)")
+    return engine
 
 
 def embed_query(index: SearchIndex[Any], query: str) -> npt.NDArray[np.float32]:
@@ -215,10 +212,14 @@ def filter_keys(index: SearchIndex[Any],
 
 def stored_key(index: SearchIndex[Any]) -> ColumnElement[str]:
     """The key text semsearch stores for each row of the index's table (see filter_keys)."""
-    keys = list(index.table.primary_key.columns)
-    if len(keys) == 1:
-        return func.jsonb_build_array(keys[0]).op("->>")(literal(0))
-    return cast(func.jsonb_build_array(*keys), Text)
+    return key_text_of(list(index.table.primary_key.columns))
+
+
+def key_text_of(values: list[ColumnElement[Any]]) -> ColumnElement[str]:
+    """The key text of primary-key values (columns, or values cast to their columns' types)."""
+    if len(values) == 1:
+        return func.jsonb_build_array(values[0]).op("->>")(literal(0))
+    return cast(func.jsonb_build_array(*values), Text)
 
 
 def key_join(index: SearchIndex[Any], key: ColumnElement[Any]) -> ColumnElement[bool]:
@@ -371,13 +372,18 @@ def preload(*engines_or_models: Engine | AsyncEngine | str) -> None:
 
 def _served_by(engines: list[Engine], index: SearchIndex[Any]) -> str | None:
     """The model the first of the engines' databases that has the index serves (remembered for queries)."""
+    return _serving[index.name][0] if _first_serving(engines, index) is not None else None
+
+
+def _first_serving(engines: list[Engine], index: SearchIndex[Any]) -> Engine | None:
+    """The first of the engines whose database has the index; what it serves is remembered for queries."""
     for engine in engines:
         try:
             model, dimensions = _read_serving(engine, index.name)
         except Exception:  # not this engine's database (or it is down)
             continue
         _serving[index.name] = (model, dimensions, time.monotonic())
-        return model
+        return engine
     return None
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from ..embedders import get_embedder
 from ..errors import InvalidQuery, ModelUnavailable
-from ..query import engine_for, key_join, serving_model
+from ..query import engine_for, key_join, key_text_of, serving_model
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
@@ -53,10 +53,7 @@ def _as_key_type(value: Any, key: Column[Any]) -> Any:
 def key_text(index: SearchIndex[Any], row_or_key: Any) -> ColumnElement[str]:
     """The key text semsearch stores for a row (sql/keys.sql), computed by the server from the values."""
     keys = list(index.table.primary_key.columns)
-    values = [cast(literal(v), c.type) for v, c in zip(_key_tuple(index, row_or_key), keys)]
-    if len(keys) == 1:
-        return func.jsonb_build_array(values[0]).op("->>")(literal(0))
-    return cast(func.jsonb_build_array(*values), Text)
+    return key_text_of([cast(literal(v), c.type) for v, c in zip(_key_tuple(index, row_or_key), keys)])
 
 
 def sklearn() -> Any:
