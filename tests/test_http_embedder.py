@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -54,8 +55,9 @@ class EmbeddingServer:
     def __init__(self):
         self.process = None
 
-    def start(self):
-        self.process = subprocess.Popen([sys.executable, str(SERVER), str(PORT)], stdout=subprocess.PIPE, text=True)
+    def start(self, *options: str):
+        self.process = subprocess.Popen([sys.executable, str(SERVER), str(PORT), *options], stdout=subprocess.PIPE,
+                                        text=True)
         assert self.process.stdout.readline().strip() == "ready"
 
     def stop(self):
@@ -133,6 +135,55 @@ def test_worker_command_embeds_through_the_server_despite_429_500_and_timeouts(s
         assert all(t.id % 4 == 2 for t, _ in rows)
         hybrid = s.execute(Ticket.search.hybrid("printer jams", limit=3)).all()
         assert all(t.id % 4 == 0 for t, _ in hybrid)
+
+
+def most_in_flight(log: list[dict], latency: float) -> int:
+    """The most requests the server had open at once (each one takes `latency` seconds)."""
+    starts = sorted(r["at"] for r in log)
+    return max(sum(1 for t in starts if s <= t < s + latency * 0.9) for s in starts)
+
+
+def test_concurrency_keeps_several_batches_in_flight_and_stays_exact(tickets, db_url, conn):
+    """A remote embedding service 200 ms away: --concurrency 4 has four requests open at once (one
+    lane only one), and every row is stored once, from its current text."""
+    slow = EmbeddingServer()
+    slow.start("--latency", "0.2", "--cache")
+    try:
+        add_tickets(tickets, 1, 96)
+        env = {**os.environ, "SEMSEARCH_DATABASE_URL": db_url}
+        worker = subprocess.Popen([sys.executable, "-m", "semsearch.cli", "worker", "--concurrency", "4",
+                                   "--batch-size", "4"], env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: counts(conn)[0] >= 40)
+            # Rows rewritten while batches are in flight are embedded again, from their new text.
+            with Session(tickets) as s:
+                for t in s.query(Ticket).filter(Ticket.id <= 40):
+                    t.body = f"{BODIES[t.id % 4]} (ticket {t.id}, edited)"
+                s.commit()
+            wait_for(lambda: counts(conn)[2] == 0)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _, stderr = worker.communicate(timeout=60)
+        assert worker.returncode == 0, stderr
+        assert counts(conn) == (96, 0, 0, 0)
+        stale = conn.execute(
+            "SELECT count(*) FROM http_tickets t JOIN semsearch.store_http_tickets_search s ON s.key = t.id::text "
+            "WHERE s.content <> t.body").fetchone()[0]
+        assert stale == 0
+        assert most_in_flight([r for r in slow.requests() if r["status"] == 200], 0.2) >= 3
+        # One lane: one request at a time.
+        slow.post("/faults", [])
+        before = len(slow.requests())
+        with Session(tickets) as s:
+            for t in s.query(Ticket).filter(Ticket.id <= 16):
+                t.body = f"{BODIES[t.id % 4]} (ticket {t.id}, edited twice)"
+            s.commit()
+        single = subprocess.run([sys.executable, "-m", "semsearch.cli", "worker", "--drain", "--batch-size", "4"],
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert single.returncode == 0, single.stderr
+        assert most_in_flight(slow.requests()[before:], 0.2) == 1
+    finally:
+        slow.stop()
 
 
 def run_worker_for(db_url, seconds: float) -> Worker:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from pgvector.psycopg import register_vector
 from psycopg.rows import namedtuple_row
 
@@ -78,7 +79,10 @@ class BlockingEmbedder:
                 self.running -= 1
 
 
-def test_update_during_embedding_never_leaves_the_old_text(engine, conn, db_url, fake_embedder):
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_update_during_embedding_never_leaves_the_old_text(engine, conn, db_url, fake_embedder, concurrency):
+    """The re-queued key waits for the batch that holds it, whether another worker or another of the
+    same worker's lanes (--concurrency) finds it."""
     Base.metadata.create_all(engine)
     embedder = BlockingEmbedder(fake_embedder(MODEL))
     conn.execute("INSERT INTO articles (id, title, body, views) VALUES (1, 'old', 'text', 0)")
@@ -86,7 +90,7 @@ def test_update_during_embedding_never_leaves_the_old_text(engine, conn, db_url,
 
     def first_worker():
         try:
-            drain(db_url, embedder)
+            drain(db_url, embedder, concurrency=concurrency)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -110,8 +114,8 @@ def test_update_during_embedding_never_leaves_the_old_text(engine, conn, db_url,
     assert_exact(conn)
 
 
-def _start_workers(db_url, n, batch_size=16, report=False, delay=0.0):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FAKE_ENCODE_DELAY": str(delay)}
+def _start_workers(db_url, n, batch_size=16, report=False, delay=0.0, concurrency=1):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FAKE_ENCODE_DELAY": str(delay), "FAKE_CONCURRENCY": str(concurrency)}
     extra = ["--report"] if report else []
     return [subprocess.Popen([sys.executable, "-m", "tests.fake_worker", db_url, str(batch_size), *extra], cwd=ROOT,
                              env=env, stdout=subprocess.PIPE if report else subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -151,10 +155,13 @@ def _holding_batch(conn, worker) -> bool:
         (f"{WORKER_APPLICATION} pid {worker.pid}",)).fetchone()[0]
 
 
-def test_chaos_kills_and_a_database_restart_lose_nothing(engine, conn, db_url, restart_server):
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_chaos_kills_and_a_database_restart_lose_nothing(engine, conn, db_url, restart_server, concurrency):
+    """Three worker processes (each with `concurrency` batches in flight) killed mid-batch, a clean
+    restart and a crash of the server: every row ends embedded from its current text."""
     Base.metadata.create_all(engine)
     rng = random.Random(7)
-    workers = _start_workers(db_url, 3, batch_size=8, delay=0.02)
+    workers = _start_workers(db_url, 3, batch_size=8, delay=0.02, concurrency=concurrency)
 
     app = psycopg.connect(db_url, autocommit=True)
     watch = psycopg.connect(db_url, autocommit=True)
@@ -191,7 +198,7 @@ def test_chaos_kills_and_a_database_restart_lose_nothing(engine, conn, db_url, r
                     kills_holding += 1
                 workers[victim].kill()  # SIGKILL mid-batch
                 workers[victim].wait()
-                workers[victim] = _start_workers(db_url, 1, batch_size=8, delay=0.02)[0]
+                workers[victim] = _start_workers(db_url, 1, batch_size=8, delay=0.02, concurrency=concurrency)[0]
                 kills += 1
             if step in (1000, 2000):
                 mode = "fast" if step == 1000 else "immediate"  # a clean restart, then a crash
