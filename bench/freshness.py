@@ -8,6 +8,11 @@ Two kinds of text, commits alternating between them: a title and the first 200 c
 SciFact abstract (freshness_p50_ms, freshness_p95_ms), and the title with the full abstract, as a
 document table holds it (freshness_abstract_p50_ms, ..._p95_ms; several chunks per row at the
 default chunk size). --commits sets how many of each.
+
+Then on a read replica: a streaming standby of the server (tests/standby.py: pg_basebackup -R, its
+own socket; the embedded server only), and the same short-text commits on the primary, each timed
+until the standby finds the row's embedding (replica_freshness_p50_ms, ..._p95_ms). The issue's goal:
+within 50 ms of freshness_p50_ms.
 """
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import create_engine
 
-from common import corpus, scratch_database
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import corpus, scratch_database  # noqa: E402
+from tests.standby import caught_up, socket_dir, streaming_standby  # noqa: E402
 from semsearch import IndexDefinition, IndexOptions, install
 from semsearch.database import sqlalchemy_url
 from semsearch.embedders import get_embedder
@@ -65,11 +72,14 @@ def main() -> None:
                 latencies, abstract_latencies = [], []
                 for i, (text, abstract) in enumerate(zip(texts, abstracts)):
                     for key, body, into in ((2 * i + 1, text, latencies), (2 * i + 2, abstract, abstract_latencies)):
-                        time.sleep(0.05)  # the worker is idle again
-                        start = time.perf_counter()
-                        conn.execute("INSERT INTO notes VALUES (%s, %s)", (key, body))
-                        wait_for(conn, key)
-                        into.append((time.perf_counter() - start) * 1000)
+                        into.append(commit_until_found(conn, conn, key, body))
+                replica_latencies = []
+                if socket_dir(url) is not None:
+                    with streaming_standby(url) as on_standby, \
+                            psycopg.connect(on_standby(url), autocommit=True) as standby:
+                        caught_up(conn, standby)
+                        for i, text in enumerate(texts):
+                            replica_latencies.append(commit_until_found(conn, standby, 1_000_000 + i, text))
             finally:
                 worker.terminate()
                 worker.wait(30)
@@ -85,6 +95,21 @@ def main() -> None:
     print(f"encode_ms: {short_encode_ms:.1f}")
     print(f"freshness_p50_ms: {statistics.median(latencies):.1f}")
     print(f"freshness_p95_ms: {latencies[int(len(latencies) * 0.95) - 1]:.1f}")
+    if replica_latencies:
+        replica_latencies.sort()
+        print(f"replica_freshness_p95_ms: {replica_latencies[int(len(replica_latencies) * 0.95) - 1]:.1f}")
+        print(f"replica_freshness_p50_ms: {statistics.median(replica_latencies):.1f}")
+    else:
+        print("replica_freshness_p50_ms: not measured (a standby is made only of the embedded server)")
+
+
+def commit_until_found(primary: psycopg.Connection, reader: psycopg.Connection, key: int, body: str) -> float:
+    """Milliseconds from the commit of a new row on the primary until `reader` finds its embedding."""
+    time.sleep(0.05)  # the worker is idle again
+    start = time.perf_counter()
+    primary.execute("INSERT INTO notes VALUES (%s, %s)", (key, body))
+    wait_for(reader, key)
+    return (time.perf_counter() - start) * 1000
 
 
 def wait_for(conn: psycopg.Connection, key: int, timeout: float = 10) -> None:

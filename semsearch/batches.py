@@ -134,6 +134,11 @@ class BatchWriter:
                 # again later and cost only a hash comparison.
                 conn.execute("DELETE FROM semsearch.queue WHERE id = ANY(%s)",
                              ([row.id for row in taken if locked.issuperset(row.keys)],))
+                if len(items) < self.batch_size:
+                    # Most likely the queue's last batch: flushed at commit (the worker's commits are
+                    # asynchronous otherwise), so a read replica streams it now rather than up to
+                    # wal_writer_delay later, once the worker idles.
+                    conn.execute("SET LOCAL synchronous_commit = local")
                 self._settle(conn, ix, embedder, list(items.values()), versions)
         if split:
             return self.process_batch(conn, ix)

@@ -140,6 +140,7 @@ BEGIN
                 PERFORM semsearch.install_triggers(ix);
             END IF;
             PERFORM semsearch.install_visibility(ix);  -- a renamed table or key column
+            PERFORM semsearch.follow_partitions(ix);
         END IF;
     END IF;
     IF issue IS NOT NULL THEN
@@ -557,9 +558,9 @@ END $fn$;
 CREATE OR REPLACE FUNCTION semsearch.drop_index(index_name text, missing_ok boolean DEFAULT false)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    ix    semsearch.indexes;
-    op    text;
-    store name;
+    ix      semsearch.indexes;
+    trigger text;
+    store   name;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('semsearch.ddl'));
     SELECT * INTO ix FROM semsearch.indexes i WHERE i.name = index_name;
@@ -567,10 +568,11 @@ BEGIN
         IF missing_ok THEN RETURN; END IF;
         PERFORM semsearch.lookup_index(index_name);
     END IF;
-    FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP  -- (none left if the table was dropped)
-        IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = ix.source AND t.tgname = 'semsearch_' || ix.name || '_' || op) THEN
-            PERFORM semsearch.run_on_source(ix, format('DROP TRIGGER %I ON %s', 'semsearch_' || ix.name || '_' || op, ix.source));
-        END IF;
+    -- (on its table and any partitions; none left if the table was dropped)
+    FOR trigger IN SELECT format('%I ON %s', t.tgname, t.tgrelid::regclass) FROM pg_trigger t
+                    WHERE t.tgname IN (SELECT 'semsearch_' || ix.name || '_' || op
+                                         FROM unnest(ARRAY['insert', 'update', 'delete', 'truncate']) op) LOOP
+        PERFORM semsearch.run_on_source(ix, 'DROP TRIGGER ' || trigger);
     END LOOP;
     EXECUTE format('DROP FUNCTION IF EXISTS semsearch.%I()', 'enqueue_' || ix.name);
     PERFORM semsearch.cancel_build(ix);

@@ -15,7 +15,7 @@ BEGIN
     SELECT string_agg(format('n.%I', c), ', '), string_agg(format('o.%I', c), ', ')
       INTO new_cols, old_cols FROM unnest(ix.columns) c;
     RETURN format($body$
-BEGIN  -- semsearch trigger, version 4
+BEGIN  -- semsearch trigger, version 5
     IF TG_OP = 'INSERT' THEN
         INSERT INTO semsearch.queue (index_id, keys)
         SELECT %1$s, array_agg(%2$s) FROM new_rows n HAVING count(*) > 0;
@@ -28,7 +28,10 @@ BEGIN  -- semsearch trigger, version 4
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO semsearch.queue (index_id, keys)
         SELECT %1$s, array_agg(%4$s) FROM old_rows o HAVING count(*) > 0;
-    ELSE -- TRUNCATE: nothing left to embed or to serve
+    ELSIF TG_WHEN = 'BEFORE' THEN  -- TRUNCATE of one partition: its rows leave the index
+        PERFORM semsearch.queue_rows_of(%1$s, TG_RELID);
+        RETURN NULL;
+    ELSE -- TRUNCATE of the table: nothing left to embed or to serve
         PERFORM semsearch.truncate_index(%1$s);
         RETURN NULL;
     END IF;
@@ -95,8 +98,17 @@ BEGIN
     PERFORM set_config('lock_timeout', previous, true);
 END $$;
 
--- Install (or update) an index's trigger function and its four triggers. Replaces the function only
--- when its text changed and creates only missing triggers, so re-running it takes no table lock.
+-- The tables an index's triggers are on: its table and, for a partitioned table, every partition
+-- (statement triggers fire only for the table a statement names, and a statement may name a partition).
+CREATE OR REPLACE FUNCTION semsearch.trigger_tables(ix semsearch.indexes)
+RETURNS SETOF regclass LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ix.source WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = ix.source)
+    UNION SELECT relid FROM pg_partition_tree(ix.source)
+$$;
+
+-- Install (or update) an index's trigger function and its four triggers on each of its tables. Replaces
+-- the function only when its text changed and creates only missing triggers, so re-running it takes no
+-- table lock. A partition's TRUNCATE trigger runs BEFORE, to queue the rows it is about to lose.
 CREATE OR REPLACE FUNCTION semsearch.install_triggers(ix semsearch.indexes)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -104,6 +116,7 @@ DECLARE
     body     text := semsearch.trigger_body(ix);
     op       text;
     trigger  name;
+    tab      regclass;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'semsearch'::regnamespace
                    AND p.proname = fn AND p.prosrc = body) THEN
@@ -112,18 +125,56 @@ BEGIN
                        'SET search_path = pg_catalog, pg_temp AS %L', fn, body);
         EXECUTE format('REVOKE ALL ON FUNCTION semsearch.%I() FROM PUBLIC', fn);
     END IF;
-    FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
-        trigger := 'semsearch_' || ix.name || '_' || op;
-        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = ix.source AND t.tgname = trigger);
-        PERFORM semsearch.run_on_source(ix, format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION semsearch.%I()',
-            trigger, upper(op), ix.source,
-            CASE op WHEN 'insert' THEN 'REFERENCING NEW TABLE AS new_rows'
-                    WHEN 'update' THEN 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows'
-                    WHEN 'delete' THEN 'REFERENCING OLD TABLE AS old_rows'
-                    ELSE '' END,
-            fn));
+    FOR tab IN SELECT semsearch.trigger_tables(ix) LOOP
+        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+            trigger := 'semsearch_' || ix.name || '_' || op;
+            CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tab AND t.tgname = trigger);
+            PERFORM semsearch.run_on_source(ix, format('CREATE TRIGGER %I %s %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION semsearch.%I()',
+                trigger, CASE WHEN op = 'truncate' AND tab <> ix.source THEN 'BEFORE' ELSE 'AFTER' END, upper(op), tab,
+                CASE op WHEN 'insert' THEN 'REFERENCING NEW TABLE AS new_rows'
+                        WHEN 'update' THEN 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows'
+                        WHEN 'delete' THEN 'REFERENCING OLD TABLE AS old_rows'
+                        ELSE '' END,
+                fn));
+        END LOOP;
     END LOOP;
 END $fn$;
+
+-- Queue every row of one table (a partition attached, detached or truncated): the worker reads each
+-- key's row as it is now, so rows still there are indexed and rows gone leave the index.
+CREATE OR REPLACE FUNCTION semsearch.queue_rows_of(index_id integer, tab regclass)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ix semsearch.indexes;
+BEGIN
+    SELECT * INTO STRICT ix FROM semsearch.indexes i WHERE i.id = queue_rows_of.index_id;
+    EXECUTE format('INSERT INTO semsearch.queue (index_id, keys) SELECT %s, array_agg(%s) FROM %s n HAVING count(*) > 0',
+                   ix.id, semsearch.key_text_sql(ix, 'n'), tab);
+    PERFORM pg_notify('semsearch', ix.id::text);
+END $$;
+
+-- Follow the partitions of an index's table (the worker's idle pass): one attached or created since
+-- gets the triggers and has its rows queued; one detached loses them and its rows leave the index.
+CREATE OR REPLACE FUNCTION semsearch.follow_partitions(ix semsearch.indexes)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tab regclass;
+    op  text;
+BEGIN
+    FOR tab IN SELECT t.tgrelid::regclass FROM pg_trigger t
+                WHERE t.tgname = 'semsearch_' || ix.name || '_insert'
+                  AND t.tgrelid NOT IN (SELECT semsearch.trigger_tables(ix)) LOOP
+        PERFORM semsearch.queue_rows_of(ix.id, tab);
+        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+            PERFORM semsearch.run_on_source(ix, format('DROP TRIGGER IF EXISTS %I ON %s', 'semsearch_' || ix.name || '_' || op, tab));
+        END LOOP;
+    END LOOP;
+    FOR tab IN SELECT r FROM semsearch.trigger_tables(ix) r
+                WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = r AND t.tgname = 'semsearch_' || ix.name || '_insert') LOOP
+        PERFORM semsearch.install_triggers(ix);  -- (its triggers first: rows written from now on are queued by them)
+        PERFORM semsearch.queue_rows_of(ix.id, tab);
+    END LOOP;
+END $$;
 
 -- Ask for every row of the source table to be queued. The rows are queued later by
 -- semsearch.backfill_step, in short transactions: nothing here scans the table, so DDL that calls this

@@ -205,4 +205,13 @@ MUTATIONS = [
     Mutation("concurrency_ignored", "--concurrency N keeps N batches in flight",
              "semsearch/worker.py", "for i in range(self.concurrency)]", "for i in range(1)]",
              ("tests/test_http_embedder.py::test_concurrency_keeps_several_batches_in_flight_and_stays_exact",)),
+    Mutation("partitions_not_followed", "partitions attached or detached are followed by the worker's pass",
+             "sql/ddl.sql", "            PERFORM semsearch.follow_partitions(ix);\n", "",
+             ("tests/test_partitions.py::test_partitioned_table_writes_moves_truncate_attach_and_detach",)),
+    Mutation("partition_truncate_wipes_index", "TRUNCATE of one partition removes only its rows",
+             "sql/queue.sql", "    ELSIF TG_WHEN = 'BEFORE' THEN", "    ELSIF false THEN",
+             ("tests/test_partitions.py::test_partitioned_table_writes_moves_truncate_attach_and_detach",)),
+    Mutation("replica_commit_not_flushed", "a read replica sees the queue's last batch at once",
+             "semsearch/batches.py", 'conn.execute("SET LOCAL synchronous_commit = local")', "pass",
+             ("tests/test_replica.py::test_the_workers_last_batch_reaches_the_standby_at_once",)),
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import psycopg
 import pytest
@@ -131,6 +132,30 @@ def test_a_table_renamed_on_the_primary_is_searched_on_the_standby_without_writi
         caught_up(primary, a)
         assert a.execute(search).fetchall()[0] == ("1",)
         assert a.execute("SELECT count(*) FROM tickets").fetchone() == (len(TEXTS_A),)
+
+
+def test_the_workers_last_batch_reaches_the_standby_at_once(replicated_tenants, db_url, server_url):
+    """The worker commits asynchronously, except its batch that empties the queue: flushed at once, a
+    standby streams it without waiting for the WAL writer (here made to wait 10 s)."""
+    urls, replica = replicated_tenants
+    with psycopg.connect(server_url, autocommit=True) as su:
+        su.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        su.execute("SELECT pg_reload_conf()")
+        try:
+            time.sleep(0.5)
+            with psycopg.connect(urls["tenant_a"], autocommit=True) as a:
+                a.execute("INSERT INTO docs (id, body) VALUES (6, 'The lift to the third floor is out of order.')")
+            with psycopg.connect(db_url, autocommit=True) as primary, \
+                    psycopg.connect(replica["owner"], autocommit=True) as standby_conn:
+                caught_up(primary, standby_conn)
+                Worker(urls["worker"], poll_interval=0.2).run(drain=True)
+                deadline = time.monotonic() + 3
+                while not standby_conn.execute("SELECT 1 FROM semsearch.store_docs_search WHERE key = '6'").fetchone():
+                    assert time.monotonic() < deadline, "the worker's last batch did not reach the standby within 3 s"
+                    time.sleep(0.01)
+        finally:
+            su.execute("ALTER SYSTEM RESET wal_writer_delay")
+            su.execute("SELECT pg_reload_conf()")
 
 
 def test_read_url_falls_back_to_the_database(monkeypatch, db_url):
