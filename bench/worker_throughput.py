@@ -24,12 +24,18 @@ first_fill_vs_incremental: the same rows as the index's first fill (created on t
 queue into an unindexed store, keywords too, one HNSW build) over the same rows as incremental inserts
 that index their keywords too (keyword tables emptied first), so both sides do the same work.
 
+concurrency_4_vs_1 (--concurrency-only to run just it): a remote embedding service, the tests'
+OpenAI-compatible server (tests/embedding_server.py) with 200 ms added to every request and each text
+embedded once (a GPU box much faster than these cores), so the worker mostly waits on the network.
+Rows/s of `Worker(concurrency=4)` over `concurrency=1`, same rows, batch 16, rounds alternating.
+
 --quick: fewer rounds, a smaller pre-filled store and fewer build rows (its vectors the texts' own
 embeddings instead of all of SciFact's), for a machine where the full run does not fit.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import threading
 import time
@@ -239,13 +245,75 @@ def bulk_build_vs_incremental(build_rows: int = BUILD_ROWS, base: np.ndarray | N
     return bulk / incremental
 
 
+def concurrency_4_vs_1(rounds: int = 2, rows: int = 1280, batch: int = 16) -> float:
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent.parent / "tests" / "embedding_server.py"),
+                               str(port), "--latency", os.environ.get("BENCH_LATENCY", "0.2"), "--cache"], stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    spec = f"openai:all-MiniLM-L6-v2@http://127.0.0.1:{port}/v1"
+    texts = [f"{t}. {b[:300]}" for t, b in corpus(rows)]
+    rates: dict[int, list[float]] = {1: [], 4: []}
+    try:
+        with scratch_database() as url:
+            install(create_engine(sqlalchemy_url(url)))
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+                with create_engine(sqlalchemy_url(url)).begin() as c:
+                    IndexDefinition("docs_search", "docs", ["body"],
+                                    options=IndexOptions(model=spec, dimensions=384)).create(c)
+                with conn.cursor().copy("COPY docs FROM STDIN") as copy:
+                    for i, text in enumerate(texts):
+                        copy.write_row((i, text))
+                Worker(url, batch_size=batch, concurrency=4, poll_interval=0.2).run(drain=True)  # the server's cache
+
+                def stored() -> int:
+                    return conn.execute("SELECT count(DISTINCT key) FROM semsearch.store_docs_search").fetchone()[0]
+
+                def idle() -> bool:
+                    return conn.execute("SELECT count(*) = 0 FROM semsearch.queue").fetchone()[0]
+
+                for rep in range(rounds):
+                    for concurrency in ((1, 4) if rep % 2 == 0 else (4, 1)):
+                        # A running worker, as in production: start-up and shutdown are not counted.
+                        worker = Worker(url, batch_size=batch, concurrency=concurrency, poll_interval=0.2)
+                        thread = threading.Thread(target=worker.run)
+                        thread.start()
+                        try:
+                            conn.execute("TRUNCATE semsearch.store_docs_search")
+                            conn.execute("SELECT semsearch.request_backfill('docs_search')")
+                            start = time.perf_counter()
+                            wait_for(lambda: stored() == rows, "every row stored")
+                            rates[concurrency].append(rows / (time.perf_counter() - start))
+                            wait_for(idle, "an empty queue")
+                        finally:
+                            worker.stop()
+                            thread.join(60)
+    finally:
+        server.kill()
+        server.wait()
+    one, four = statistics.median(rates[1]), statistics.median(rates[4])
+    print(f"remote embedder (+200 ms per request), batch {batch}: concurrency 1 {one:.1f} rows/s, "
+          f"concurrency 4 {four:.1f} rows/s")
+    return four / one
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency-only", action="store_true", help="just concurrency_4_vs_1")
     parser.add_argument("--bulk-only", action="store_true", help="just the version build's figures")
     parser.add_argument("--quick", action="store_true",
                         help="2 rounds, 5,000 pre-filled vectors, 5,000 build rows near the texts' own embeddings")
     args = parser.parse_args()
-    if args.bulk_only:
+    if args.concurrency_only:
+        print(f"concurrency_4_vs_1: {concurrency_4_vs_1():.2f}")
+    elif args.bulk_only:
         print(f"bulk_build_vs_incremental: {bulk_build_vs_incremental(5_000 if args.quick else BUILD_ROWS):.2f}")
     elif args.quick:
         main(rounds=2, filler=5_000, build_rows=5_000, quick=True)

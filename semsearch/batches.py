@@ -89,12 +89,7 @@ class BatchWriter:
                                             ix.chunk_overlap)
                     or (versions.build.model if versions.build else None) != ix.build_model):
                 raise RegistryChanged(ix.name)
-            claimed = conn.execute(
-                """SELECT id, keys, attempts, queued_at FROM semsearch.queue
-                    WHERE index_id = %s AND run_after <= now()
-                    ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
-                (ix.id, self.batch_size),
-            ).fetchall()
+            claimed = self._claim(conn, ix)
             if not claimed:
                 return 0
             if len(claimed[0].keys) > self.batch_size:
@@ -145,6 +140,27 @@ class BatchWriter:
         if self.on_progress:
             self.on_progress(len(items))
         return len(items)
+
+    def _claim(self, conn: psycopg.Connection, ix: IndexSpec) -> list:
+        """Lock queue rows for about batch_size keys, oldest first, skipping rows other batches hold. A
+        row stays locked until this batch commits, whether taken or not: so rows are claimed a few at a
+        time (one, then as many as the keys per row so far say are needed), never batch_size rows of a
+        bulk statement's many keys each, which would leave other lanes and workers nothing to take."""
+        claimed: list = []
+        keys = last_id = 0
+        while keys < self.batch_size:
+            wanted = 1 if not claimed else -(-(self.batch_size - keys) * len(claimed) // keys)
+            rows = conn.execute(
+                """SELECT id, keys, attempts, queued_at FROM semsearch.queue
+                    WHERE index_id = %s AND run_after <= now() AND id > %s
+                    ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
+                (ix.id, last_id, wanted)).fetchall()
+            if not rows:
+                break
+            claimed.extend(rows)
+            keys += sum(len(r.keys) for r in rows)
+            last_id = rows[-1].id
+        return claimed
 
     def _settle(self, conn: psycopg.Connection, ix: IndexSpec, embedder: Embedder, items: list[Item],
                 versions: BatchVersions) -> None:

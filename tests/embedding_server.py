@@ -9,6 +9,7 @@ answered from memory (a GPU box much faster than these cores), so that only the 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -19,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
 
 from semsearch.embedders import get_embedder  # noqa: E402
 
@@ -91,6 +94,8 @@ class Handler(BaseHTTPRequestHandler):
         time.sleep(max(0.0, latency - (time.monotonic() - started)))
         if "dimensions" in fault:
             vectors = [(v + [0.0] * fault["dimensions"])[:fault["dimensions"]] for v in vectors]
+        if body.get("encoding_format") == "base64":  # as OpenAI's API: little-endian float32, base64
+            vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
         self._send(200, {"object": "list", "model": body["model"],
                          "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
                          "usage": {"prompt_tokens": 0, "total_tokens": 0}})
