@@ -16,6 +16,12 @@ postings vs all of them; and hybrid's nDCG@10 on every train query with its keyw
 default number of postings for the rarest term and fewer (--hybrid-depths), as hybrid_ndcg10_depth<N>
 lines. Last lines:
   orm_vs_raw          semantic top-10 through the ORM / the same top-10 by hand-written SQL on the store
+                      (for information: both sides do not pay the ORM's own cost)
+  orm_vs_pgvector_orm semantic top-10 through semsearch's ORM / the same search hand-written in the
+                      SQLAlchemy ORM with pgvector-python's comparator (best chunk rows by
+                      embedding.cosine_distance(v), same ef_search, grouped by key, joined to the model,
+                      loaded as (Doc, score)): both pay SQLAlchemy's cost, so the ratio is semsearch's own
+  sql_function_vs_raw semsearch.semantic_search(...) joined to the table / the hand-written SQL on the store
   hybrid_vs_semantic  hybrid_search p50 / semantic_search p50 (top 10, defaults)
   bm25_vs_tsrank      keyword_search (BM25) p50 / an OR-query ts_rank p50 over the documents table's own
                       tsvector (a stored generated column, GIN-indexed, as users keep one)
@@ -38,7 +44,8 @@ from pathlib import Path
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
-from sqlalchemy import Integer, Text, create_engine, inspect, select
+from pgvector.sqlalchemy import HALFVEC, Vector
+from sqlalchemy import Integer, Text, cast, create_engine, func, inspect, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from common import SCIFACT, scratch_database
@@ -218,6 +225,29 @@ def main() -> None:
                                              for p in params]).fetchall()
             return run
 
+        storage = conn.execute("SELECT storage FROM semsearch.lookup_index('docs_search')").fetchone()[0]
+
+        class StoreBase(DeclarativeBase):  # (not Doc's: create_all must never create the store)
+            pass
+
+        class StoreRow(StoreBase):  # the store as a user would map it for pgvector-python's comparator
+            __tablename__ = "store_docs_search"
+            __table_args__ = {"schema": "semsearch"}
+            key: Mapped[str] = mapped_column(Text, primary_key=True)
+            chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+            embedding = mapped_column(HALFVEC(384) if storage == "halfvec" else Vector(384))
+
+        def pgvector_orm(q):  # the same search hand-written in the ORM, as pgvector-python's README shows
+            distance = StoreRow.embedding.cosine_distance(query_vectors[q])
+            best = select(StoreRow.key, distance.label("d")).order_by(distance).limit(chunk_rows).subquery()
+            per_doc = (select(best.c.key, func.min(best.c.d).label("d")).group_by(best.c.key)
+                       .order_by(func.min(best.c.d)).limit(10).subquery())
+            statement = (select(Doc, (1 - per_doc.c.d).label("score"))
+                         .join(per_doc, Doc.id == cast(per_doc.c.key, Integer)).order_by(per_doc.c.d))
+            with session.begin():
+                session.execute(text(f"SET LOCAL hnsw.ef_search = {MIN_EF_SEARCH}"))
+                session.execute(statement).all()
+
         def orm_by_key(q):  # the ORM's own cost: the same 10 rows, found by primary key
             with session.begin():
                 session.execute(select(Doc).where(Doc.id.in_(orm_keys[q]))).all()
@@ -232,6 +262,7 @@ def main() -> None:
             orm_keys = {q: [d.id for d, _ in s.execute(Doc.search.semantic(vector=query_vectors[q], limit=10))]
                         for q in timed_ids}
         kinds = {"orm": orm, "raw": raw, "orm_by_key": orm_by_key, "sql_function": sql_function,
+                 "pgvector_orm": pgvector_orm,
                  "semantic": sql("SELECT * FROM semsearch.semantic_search('docs_search', %s, 10)", "v"),
                  "hybrid": sql("SELECT * FROM semsearch.hybrid_search('docs_search', %s, %s, 10)", "q", "v"),
                  "bm25": sql("SELECT * FROM semsearch.keyword_search('docs_search', %s, 10)", "q"),
@@ -337,6 +368,8 @@ def main() -> None:
     for depth, ndcg in hybrid_ndcg.items():
         print(f"hybrid_ndcg10_depth{depth}: {ndcg:.4f}")
     print(f"orm_vs_raw: {p50['orm'] / p50['raw']:.3f}")
+    print(f"orm_vs_pgvector_orm: {p50['orm'] / p50['pgvector_orm']:.3f}")
+    print(f"sql_function_vs_raw: {p50['sql_function'] / p50['raw']:.3f}")
     print(f"hybrid_vs_semantic: {p50['hybrid'] / p50['semantic']:.3f}")
     print(f"bm25_vs_tsrank: {p50['bm25'] / p50['tsrank']:.3f}")
     print(f"recall_at_10: {statistics.mean(recalls):.3f}")
