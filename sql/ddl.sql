@@ -245,12 +245,16 @@ END $$;
 
 -- A new index's store. On a table with rows it fills without its HNSW index, at COPY speed (searches
 -- scan it exactly meanwhile), and the worker builds the index once, when the backfill is through
--- (build_first_hnsw); on an empty table it is indexed at once and each row goes in incrementally.
+-- (build_first_hnsw); the keyword postings' indexes likewise. On an empty table they are indexed at
+-- once and each row goes in incrementally.
 CREATE OR REPLACE FUNCTION semsearch.first_fill(ix semsearch.indexes)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF semsearch.has_rows(ix) THEN
         UPDATE semsearch.indexes i SET hnsw_pending = true WHERE i.id = ix.id;
+        -- (the postings' indexes too, built with the HNSW index; empty now, so dropped at once)
+        EXECUTE format('DROP INDEX IF EXISTS semsearch.%I, semsearch.%I',
+                       'store_' || ix.name || '_postings_key', 'store_' || ix.name || '_postings_impact');
         PERFORM semsearch.request_backfill(ix.name);
     ELSE
         PERFORM semsearch.build_hnsw(ix);
@@ -275,6 +279,7 @@ BEGIN
     END IF;
     PERFORM set_config('lock_timeout', '5s', true);
     PERFORM semsearch.build_hnsw(ix);
+    PERFORM semsearch.build_postings_indexes(ix);
     UPDATE semsearch.indexes i SET hnsw_pending = false WHERE i.id = ix.id AND i.hnsw_pending;
     RETURN FOUND;
 END $$;

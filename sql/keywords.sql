@@ -39,6 +39,23 @@ RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                 THEN sha256(convert_to(jsonb_build_array(config::text, weights, texts)::text, 'UTF8')) END
 $$;
 
+-- The postings' indexes (the ones missing). No primary key: (key, term) is unique by construction, and
+-- the btree on key alone (for deletes and for scoring given rows) stores each key once (deduplication),
+-- a fraction of a (key, term) index. A first fill goes in without them (semsearch.first_fill): one
+-- sorted build at its end instead of a hundred random inserts per row into indexes far larger than
+-- shared_buffers.
+CREATE OR REPLACE FUNCTION semsearch.build_postings_indexes(ix semsearch.indexes)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regclass(format('semsearch.%I', 'store_' || ix.name || '_postings_key')) IS NULL THEN
+        EXECUTE format('CREATE INDEX %I ON %s (key)', 'store_' || ix.name || '_postings_key', semsearch.keyword_table(ix, 'postings'));
+    END IF;
+    IF to_regclass(format('semsearch.%I', 'store_' || ix.name || '_postings_impact')) IS NULL THEN
+        EXECUTE format('CREATE INDEX %I ON %s (term, impact DESC) INCLUDE (key, tf, dl)',
+                       'store_' || ix.name || '_postings_impact', semsearch.keyword_table(ix, 'postings'));
+    END IF;
+END $$;
+
 -- Create an index's keyword tables (no-op when they exist). Returns true when it created them.
 CREATE OR REPLACE FUNCTION semsearch.build_keyword_tables(ix semsearch.indexes)
 RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -58,13 +75,9 @@ BEGIN
     EXECUTE format('ALTER TABLE %s ALTER COLUMN terms SET STORAGE MAIN, ALTER COLUMN tfs SET STORAGE MAIN, '
                    'ALTER COLUMN tsv SET STORAGE EXTERNAL', semsearch.keyword_table(ix, 'docs'));
     EXECUTE format('CREATE INDEX %I ON %s USING gin (tsv)', 'store_' || ix.name || '_docs_gin', semsearch.keyword_table(ix, 'docs'));
-    -- No primary key: (key, term) is unique by construction, and the btree on key alone (for deletes and
-    -- for scoring given rows) stores each key once (deduplication), a fraction of a (key, term) index.
     EXECUTE format('CREATE TABLE %s (term text NOT NULL, key text NOT NULL, tf real NOT NULL, dl real NOT NULL, '
                    'impact real NOT NULL)', semsearch.keyword_table(ix, 'postings'));
-    EXECUTE format('CREATE INDEX %I ON %s (key)', 'store_' || ix.name || '_postings_key', semsearch.keyword_table(ix, 'postings'));
-    EXECUTE format('CREATE INDEX %I ON %s (term, impact DESC) INCLUDE (key, tf, dl)',
-                   'store_' || ix.name || '_postings_impact', semsearch.keyword_table(ix, 'postings'));
+    PERFORM semsearch.build_postings_indexes(ix);
     EXECUTE format('CREATE TABLE %s (term text NOT NULL, shard smallint NOT NULL, df integer NOT NULL, '
                    'PRIMARY KEY (term, shard))', semsearch.keyword_table(ix, 'terms'));
     EXECUTE format('CREATE TABLE %s (shard smallint PRIMARY KEY, docs bigint NOT NULL, length float8 NOT NULL)',
@@ -83,6 +96,7 @@ DECLARE
     texts    text;
     weights  float8[];
     changed  text[];
+    indexed  text[];
     avgdl    float8;
 BEGIN
     SELECT * INTO STRICT ix FROM semsearch.indexes i WHERE i.id = index_keywords.index_id;
@@ -90,31 +104,34 @@ BEGIN
     SELECT format('ARRAY[%s]', string_agg(format('t.%I::text', c), ', ' ORDER BY n)) INTO texts
       FROM unnest(ix.columns) WITH ORDINALITY u(c, n);
     EXECUTE format(
-        'SELECT array_agg(k.k) FROM (SELECT DISTINCT k FROM unnest($1) k) k '
+        'SELECT array_agg(k.k), array_agg(k.k) FILTER (WHERE d.key IS NOT NULL) FROM (SELECT DISTINCT k FROM unnest($1) k) k '
         'LEFT JOIN (SELECT %s AS key, %s AS texts FROM %s t WHERE %s) s ON s.key = k.k '
         'LEFT JOIN %s d ON d.key = k.k '
         'WHERE semsearch.keyword_hash($2, $3, s.texts) IS DISTINCT FROM d.content_hash',
         semsearch.key_text_sql(ix, 't'), texts, ix.source, semsearch.key_in_sql(ix, 't', '$1'),
         semsearch.keyword_table(ix, 'docs'))
-        INTO changed USING keys, ix.ts_config, weights;
+        INTO changed, indexed USING keys, ix.ts_config, weights;
     IF changed IS NULL THEN
         RETURN 0;
     END IF;
 
-    -- Their old data goes, with its share of the statistics (rows in term order: workers that update
-    -- the same shard lock its rows in the same order).
-    EXECUTE format(
-        'WITH gone AS (DELETE FROM %s p WHERE p.key = ANY($1) RETURNING p.term) '
-        'INSERT INTO %s AS s (term, shard, df) SELECT term, $2, -count(*) FROM gone GROUP BY term ORDER BY term '
-        'ON CONFLICT (term, shard) DO UPDATE SET df = s.df + excluded.df',
-        semsearch.keyword_table(ix, 'postings'), semsearch.keyword_table(ix, 'terms'))
-        USING changed, shard;
-    EXECUTE format(
-        'WITH gone AS (DELETE FROM %s d WHERE d.key = ANY($1) RETURNING d.length) '
-        'INSERT INTO %s AS s (shard, docs, length) SELECT $2, -count(*), -sum(length) FROM gone HAVING count(*) > 0 '
-        'ON CONFLICT (shard) DO UPDATE SET docs = s.docs + excluded.docs, length = s.length + excluded.length',
-        semsearch.keyword_table(ix, 'docs'), semsearch.keyword_table(ix, 'stats'))
-        USING changed, shard;
+    -- The old data of those indexed before goes, with its share of the statistics (rows in term order:
+    -- workers that update the same shard lock its rows in the same order). Rows never indexed have none
+    -- to look for (a first fill's rows: its postings have no index on key yet).
+    IF indexed IS NOT NULL THEN
+        EXECUTE format(
+            'WITH gone AS (DELETE FROM %s p WHERE p.key = ANY($1) RETURNING p.term) '
+            'INSERT INTO %s AS s (term, shard, df) SELECT term, $2, -count(*) FROM gone GROUP BY term ORDER BY term '
+            'ON CONFLICT (term, shard) DO UPDATE SET df = s.df + excluded.df',
+            semsearch.keyword_table(ix, 'postings'), semsearch.keyword_table(ix, 'terms'))
+            USING indexed, shard;
+        EXECUTE format(
+            'WITH gone AS (DELETE FROM %s d WHERE d.key = ANY($1) RETURNING d.length) '
+            'INSERT INTO %s AS s (shard, docs, length) SELECT $2, -count(*), -sum(length) FROM gone HAVING count(*) > 0 '
+            'ON CONFLICT (shard) DO UPDATE SET docs = s.docs + excluded.docs, length = s.length + excluded.length',
+            semsearch.keyword_table(ix, 'docs'), semsearch.keyword_table(ix, 'stats'))
+            USING indexed, shard;
+    END IF;
 
     -- Their current text: each column's lexemes, a term's frequency weighted by its column (BM25F).
     EXECUTE format('SELECT sum(length) / nullif(sum(docs), 0) FROM %s', semsearch.keyword_table(ix, 'stats')) INTO avgdl;

@@ -214,4 +214,8 @@ MUTATIONS = [
     Mutation("replica_commit_not_flushed", "a read replica sees the queue's last batch at once",
              "semsearch/batches.py", 'conn.execute("SET LOCAL synchronous_commit = local")', "pass",
              ("tests/test_replica.py::test_the_workers_last_batch_reaches_the_standby_at_once",)),
+    Mutation("first_fill_postings_unindexed", "a first fill builds the keyword postings' indexes at its end",
+             "sql/ddl.sql", "    PERFORM semsearch.build_postings_indexes(ix);\n    UPDATE semsearch.indexes i SET hnsw_pending = false",
+             "    UPDATE semsearch.indexes i SET hnsw_pending = false",
+             ("tests/test_storage.py::test_an_index_on_a_table_with_rows_fills_its_store_first_and_builds_its_hnsw_index_once",)),
 ]

@@ -93,7 +93,11 @@ def test_an_index_on_a_table_with_rows_fills_its_store_first_and_builds_its_hnsw
     def hnsw() -> bool:
         return conn.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'store_filled_search_hnsw'").fetchone()[0] == 1
 
+    def postings_indexes() -> int:
+        return conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'store_filled_search_postings'").fetchone()[0]
+
     assert not hnsw(), "a first fill goes into a store without its HNSW index"
+    assert postings_indexes() == 0, "... and keyword postings without their indexes"
     assert "first fill, HNSW index at its end" in semsearch_cli(db_url, "status")
     early = subprocess.run([sys.executable, "-m", "semsearch.cli", "search", "filled_search", "printer"],
                            capture_output=True, text=True, timeout=300, env={**os.environ, "SEMSEARCH_DATABASE_URL": db_url})
@@ -102,6 +106,8 @@ def test_an_index_on_a_table_with_rows_fills_its_store_first_and_builds_its_hnsw
 
     semsearch_cli(db_url, "worker", "--drain")
     assert hnsw(), "the worker builds the HNSW index once the backfill is through"
+    assert postings_indexes() == 2, "... and the postings' indexes"
+    assert "printer" in semsearch_cli(db_url, "search", "filled_search", "printer jams", "--mode", "keyword", "--limit", "1")
     assert conn.execute("SELECT count(DISTINCT key), bool_or(first_fill) FROM semsearch.store_filled_search, "
                         "semsearch.status WHERE index_name = 'filled_search'").fetchone() == (300, False)
     assert "first fill" not in semsearch_cli(db_url, "status")
