@@ -52,7 +52,7 @@ from common import SCIFACT, scratch_database
 from quality import load, ndcg_at_10
 from semsearch import SearchIndex
 from semsearch.database import sqlalchemy_url
-from semsearch.options import DEFAULT_MODEL, HYBRID_KEYWORD_TERM_DEPTH, KEYWORD_TERM_DEPTH, MIN_EF_SEARCH
+from semsearch.options import DEFAULT_MODEL, HYBRID_KEYWORD_TERM_DEPTH, KEYWORD_TERM_DEPTH
 
 CACHE = Path.home() / ".cache" / "semsearch-bench"
 NOISE = 0.035  # per-dimension noise on unit vectors: a synthetic copy keeps cosine ~0.6 to its source
@@ -201,7 +201,9 @@ def main() -> None:
         engine = create_engine(sqlalchemy_url(url), connect_args={"prepare_threshold": None})
         # The same chunk rows as semsearch reads for 10 documents (semsearch.chunk_rows: one per document
         # here, and a fifth more).
-        chunk_rows = conn.execute("SELECT semsearch.chunk_rows(semsearch.lookup_index('docs_search'), 10)").fetchone()[0]
+        chunk_rows, ef_search = conn.execute(
+            "SELECT semsearch.chunk_rows(i, 10), semsearch.ef_search_floor(i) FROM semsearch.lookup_index('docs_search') i"
+        ).fetchone()
         raw_sql = ("SELECT d.id, d.tenant, d.title, d.body FROM (SELECT key, min(d) AS d FROM (SELECT key, embedding <=> %(v)s AS d "
                    f"FROM semsearch.store_docs_search ORDER BY embedding <=> %(v)s LIMIT {chunk_rows}) c "
                    "GROUP BY key ORDER BY min(d) LIMIT 10) r JOIN docs d ON d.id = r.key::integer ORDER BY r.d")
@@ -214,8 +216,8 @@ def main() -> None:
                 session.execute(Doc.search.semantic(vector=query_vectors[q], limit=10)).all()
 
         def raw(q):
-            with conn.transaction():  # the same ef_search as semsearch's (MIN_EF_SEARCH)
-                conn.execute(f"SET LOCAL hnsw.ef_search = {MIN_EF_SEARCH}")
+            with conn.transaction():  # the same ef_search as semsearch's
+                conn.execute(f"SET LOCAL hnsw.ef_search = {max(ef_search, chunk_rows)}")
                 conn.execute(raw_sql, {"v": query_vectors[q]}).fetchall()
 
         def sql(statement, *params):
@@ -245,7 +247,7 @@ def main() -> None:
             statement = (select(Doc, (1 - per_doc.c.d).label("score"))
                          .join(per_doc, Doc.id == cast(per_doc.c.key, Integer)).order_by(per_doc.c.d))
             with session.begin():
-                session.execute(text(f"SET LOCAL hnsw.ef_search = {MIN_EF_SEARCH}"))
+                session.execute(text(f"SET LOCAL hnsw.ef_search = {max(ef_search, chunk_rows)}"))
                 session.execute(statement).all()
 
         def orm_by_key(q):  # the ORM's own cost: the same 10 rows, found by primary key

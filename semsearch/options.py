@@ -122,6 +122,7 @@ HYBRID_KEYWORD_TERM_DEPTH = 300  # ... in hybrid search, which also scores the s
 TIED_SCORES = 1e-6
 EXACT_FILTER_KEYS = 500        # a filter with at most this many keys is scored row by row (no HNSW, no postings)
 MIN_EF_SEARCH = 100            # HNSW candidate list of the semantic arm, at least
+EF_SEARCH_ROWS = 100_000       # ... and MIN_EF_SEARCH more per this many chunk rows in the store (to 1000)
 KEYWORD_SYNTAXES = ("or", "websearch", "phrase", "prefix")  # see semsearch.keyword_query in sql/search.sql
 MAX_RESULTS = 10_000           # largest limit or candidates a search accepts
 MAX_QUERY_CHARS = 10_000       # a longer query text is cut to this length
@@ -142,7 +143,7 @@ def sql_defaults() -> dict[str, Any]:
             "keyword_term_depth": KEYWORD_TERM_DEPTH,
             "hybrid_keyword_term_depth": HYBRID_KEYWORD_TERM_DEPTH, "tied_scores": TIED_SCORES,
             "exact_filter_keys": EXACT_FILTER_KEYS,
-            "min_ef_search": MIN_EF_SEARCH, "ddl_lock_timeout": DDL_LOCK_TIMEOUT,
+            "min_ef_search": MIN_EF_SEARCH, "ef_search_rows": EF_SEARCH_ROWS, "ddl_lock_timeout": DDL_LOCK_TIMEOUT,
             "max_results": MAX_RESULTS, "max_query_chars": MAX_QUERY_CHARS, "max_scan_tuples": MAX_SCAN_TUPLES,
             "scan_mem_multiplier": SCAN_MEM_MULTIPLIER, "outlier_suspects": OUTLIER_SUSPECTS,
             "known_dimensions": json.dumps(KNOWN_DIMENSIONS), "known_chunk_tokens": json.dumps(KNOWN_CHUNK_TOKENS)}

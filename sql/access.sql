@@ -98,7 +98,7 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE SET search_path = pg_catalog, pg_
                                  'registered_index', 'visibility_outdated',
                                  'or_query', 'distance_operator', 'vector_schema', 'check_query_vector', 'semantic_sql',
                                  'keyword_sql', 'keyword_plan', 'semantic_arm', 'semantic_scores', 'keyword_arm', 'keyword_table',
-                                 'bm25_sql', 'chunk_rows', 'cover_ef_search', 'check_search_args', 'keyword_query',
+                                 'bm25_sql', 'chunk_rows', 'cover_ef_search', 'ef_search_floor', 'check_search_args', 'keyword_query',
                                  'check_keyword_syntax', 'vector_version', 'as_version',
                                  -- uses.sql
                                  'document_vectors_sql', 'document_vectors', 'row_vectors', 'mmr_order', 'diversify',

@@ -88,7 +88,7 @@ BEGIN
                       OR (p.proname = 'keyword_arm' AND NOT p.proargnames && ARRAY['rescored'])
                       OR (p.proname = 'keyword_sql' AND NOT p.proargnames && ARRAY['scoring'])
                       OR (p.proname = 'chunk_rows' AND p.pronargs = 1)
-                      OR (p.proname = 'cover_ef_search' AND p.proargnames = ARRAY['candidates'])) LOOP
+                      OR (p.proname = 'cover_ef_search' AND p.pronargs = 1)) LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;
 END $$;

@@ -218,4 +218,8 @@ MUTATIONS = [
              "sql/ddl.sql", "    PERFORM semsearch.build_postings_indexes(ix);\n    UPDATE semsearch.indexes i SET hnsw_pending = false",
              "    UPDATE semsearch.indexes i SET hnsw_pending = false",
              ("tests/test_storage.py::test_an_index_on_a_table_with_rows_fills_its_store_first_and_builds_its_hnsw_index_once",)),
+    Mutation("ef_search_fixed", "the HNSW candidate list grows with the store",
+             "sql/search.sql", "        PERFORM semsearch.cover_ef_search(reading, floor);",
+             "        PERFORM semsearch.cover_ef_search(reading);",
+             ("tests/test_hnsw_path.py::test_the_candidate_list_grows_with_the_store",)),
 ]

@@ -85,3 +85,22 @@ def test_the_hnsw_index_serves_the_search(entries, search):
     scanned = hnsw_scans_during(url, store, lambda: found.append(SEARCHES[search](url, engine)))
     assert found == [10]
     assert scanned >= 1, f"{search} read the store without its HNSW index"
+
+
+@pytest.mark.parametrize("store_rows, ef_search", [(3_000, 100), (300_000, 300), (1_900_000, 1000)])
+def test_the_candidate_list_grows_with_the_store(entries, store_rows, ef_search):
+    """HNSW finds a smaller share of the true nearest rows as its graph grows: the searches' candidate
+    list (hnsw.ef_search) grows with the store's row count as the planner knows it (here made to read as
+    a large store's), up to pgvector's 1000; a session's own higher setting is kept."""
+    url, engine, store = entries
+    with psycopg.connect(url) as conn:  # (one transaction: the changed count is never seen by others)
+        conn.execute("UPDATE pg_class SET reltuples = %s WHERE oid = %s::regclass", (store_rows, f"semsearch.{store}"))
+        assert len(conn.execute("SELECT key FROM semsearch.semantic_search('entries_search', %s::vector, 10)",
+                                (str(VECTOR.tolist()),)).fetchall()) == 10
+        assert conn.execute("SELECT current_setting('hnsw.ef_search')").fetchone() == (str(ef_search),)
+        conn.rollback()
+        conn.execute("SET hnsw.ef_search = 1000")
+        conn.execute("SELECT key FROM semsearch.hybrid_search('entries_search', 'orbit', %s::vector, 10)",
+                     (str(VECTOR.tolist()),)).fetchall()
+        assert conn.execute("SELECT current_setting('hnsw.ef_search')").fetchone() == ("1000",)
+        conn.rollback()
