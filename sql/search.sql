@@ -97,7 +97,7 @@ BEGIN
             USING ERRCODE = 'data_exception',
                   HINT = format('Embed the query with the index''s model, %s.', ix.model);
     END IF;
-    IF ix.distance = 'cosine' AND v = array_fill(0::real, ARRAY[ix.dimensions]) THEN
+    IF ix.distance = 'cosine' AND NOT 0 <> ANY (v) THEN
         RAISE EXCEPTION 'semsearch index "%": the query embedding is all zeros, which has no cosine distance', ix.name
             USING ERRCODE = 'data_exception';
     END IF;

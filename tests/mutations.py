@@ -222,4 +222,7 @@ MUTATIONS = [
              "sql/search.sql", "        PERFORM semsearch.cover_ef_search(reading, floor);",
              "        PERFORM semsearch.cover_ef_search(reading);",
              ("tests/test_hnsw_path.py::test_the_candidate_list_grows_with_the_store",)),
+    Mutation("sql_cosine_zero_vector", "query vectors must not be all zeros (cosine), SQL callers too",
+             "sql/search.sql", "    IF ix.distance = 'cosine' AND NOT 0 <> ANY (v) THEN", "    IF false THEN",
+             ("tests/test_operations.py::test_sql_callers_get_errors_for_bad_vectors_and_no_notices",)),
 ]

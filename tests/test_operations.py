@@ -113,6 +113,11 @@ def test_sql_callers_get_errors_for_bad_vectors_and_no_notices(engine, db_url):
     assert out.returncode != 0 and "query embedding is NULL" in out.stderr, out.stderr
     out = psql(db_url, "-c", "SELECT * FROM semsearch.semantic_search('articles_search', '[1,2,3]', 3)")
     assert out.returncode != 0 and "holds 384 dimensions, the query embedding has 3" in out.stderr, out.stderr
+    zeros = "[" + ",".join(["0"] * 384) + "]"
+    out = psql(db_url, "-c", f"SELECT * FROM semsearch.semantic_search('articles_search', '{zeros}', 3)")
+    assert out.returncode != 0 and "all zeros, which has no cosine distance" in out.stderr, out.stderr
+    out = psql(db_url, "-c", f"SELECT * FROM semsearch.semantic_search('articles_search', '{zeros[:-2]}1]', 3)")
+    assert out.returncode == 0, out.stderr  # one non-zero value is a direction
     # Keyword searches, even of stop words only, print no NOTICE.
     out = psql(db_url, "-c", "SELECT * FROM semsearch.keyword_search('articles_search', 'cats', 3)",
                "-c", "SELECT * FROM semsearch.keyword_search('articles_search', 'the of and', 3)",
